@@ -1,0 +1,1 @@
+"""Loyalty ledger domain: earn rules, accounts and the append-only points ledger."""

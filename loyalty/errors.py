@@ -1,0 +1,61 @@
+"""One exception tree, so callers can catch everything of ours with `LoyaltyError`.
+
+Each class carries a stable `reason` code: it is what dead letters, task results
+and the command line report, so scripts can match on it.
+"""
+
+from __future__ import annotations
+
+
+class LoyaltyError(Exception):
+    reason = "error"
+
+
+class SettingsError(LoyaltyError):
+    reason = "invalid_settings"
+
+
+class NotMigratedError(LoyaltyError):
+    reason = "database_not_migrated"
+
+
+class InvalidPayload(LoyaltyError):
+    reason = "invalid_payload"
+
+
+class AccountNotFound(LoyaltyError):
+    reason = "account_not_found"
+
+
+class NoActiveRule(LoyaltyError):
+    reason = "no_active_rule"
+
+
+class IdempotencyConflict(LoyaltyError):
+    """The same event_id or request_id arrived with a different payload."""
+
+    reason = "idempotency_conflict"
+
+
+class ContactConflict(LoyaltyError):
+    """A member_id is already linked to another contact."""
+
+    reason = "member_id_conflict"
+
+
+class RuleError(LoyaltyError):
+    reason = "invalid_rule"
+
+
+class RuleNotFound(LoyaltyError):
+    reason = "rule_not_found"
+
+
+class TransientError(LoyaltyError):
+    """The database could not be reached or asked us to try again; safe to retry."""
+
+    reason = "transient"
+
+
+class PublishError(LoyaltyError):
+    reason = "publish_failed"

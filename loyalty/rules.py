@@ -1,0 +1,93 @@
+"""Earn-rule arithmetic: pure, so it is exhaustively unit-tested without a database.
+
+Money is Decimal throughout. A float would turn 0.1 + 0.2 into 0.30000000000000004
+and, after floor(), cost a customer a point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Literal
+
+from loyalty.errors import RuleError
+
+Trigger = Literal["signup", "order.completed"]
+Kind = Literal["fixed", "conversion"]
+Status = Literal["ACTIVE", "PAUSED"]
+
+TRIGGERS: tuple[str, ...] = ("signup", "order.completed")
+KINDS: tuple[str, ...] = ("fixed", "conversion")
+STATUSES: tuple[str, ...] = ("ACTIVE", "PAUSED")
+MAX_RULE_POINTS = 1_000_000_000
+MAX_MONEY = Decimal("99999999999999.9999")
+
+
+@dataclass(frozen=True)
+class EarnRule:
+    id: int
+    name: str
+    trigger: str
+    kind: str
+    points: int
+    #: M in "P points per M money units"; None for fixed rules.
+    money_amount: Decimal | None
+    currency: str | None
+    status: str
+    revision: int
+
+    def points_for(self, total: Decimal | None = None) -> int:
+        return compute_points(self.kind, self.points, self.money_amount, total)
+
+
+def compute_points(kind: str, points: int, money_amount: Decimal | None, total: Decimal | None) -> int:
+    if kind == "fixed":
+        return points
+    if kind != "conversion" or money_amount is None or money_amount <= 0:
+        raise RuleError(f"rule kind {kind!r} cannot convert money")
+    if total is None or not total.is_finite() or total < 0:
+        raise RuleError("a conversion rule needs a non-negative finite order total")
+    return int((total * points / money_amount).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def validate_rule(
+    *,
+    trigger: str,
+    kind: str,
+    points: int,
+    money_amount: Decimal | None,
+    currency: str | None,
+    status: str = "ACTIVE",
+) -> None:
+    """Reject what the database CHECKs would reject, with a message a person can act on."""
+    if trigger not in TRIGGERS:
+        raise RuleError(f"trigger must be one of {', '.join(TRIGGERS)}")
+    if kind not in KINDS:
+        raise RuleError(f"kind must be one of {', '.join(KINDS)}")
+    if status not in STATUSES:
+        raise RuleError(f"status must be one of {', '.join(STATUSES)}")
+    if not 0 < points <= MAX_RULE_POINTS:
+        raise RuleError(f"points must be between 1 and {MAX_RULE_POINTS}")
+    if kind == "fixed" and money_amount is not None:
+        raise RuleError("a fixed rule takes no money amount")
+    if kind == "conversion":
+        if money_amount is None or not money_amount.is_finite() or money_amount <= 0:
+            raise RuleError("a conversion rule needs a money amount above 0 (P points per M)")
+        if money_amount > MAX_MONEY or money_amount.as_tuple().exponent < -4:  # type: ignore[operator]
+            raise RuleError("the money amount allows at most 14 digits and 4 decimals")
+    if trigger == "signup" and (kind != "fixed" or currency is not None):
+        raise RuleError("a signup rule is a fixed amount with no currency")
+    if currency is not None and not (len(currency) == 3 and currency.isascii() and currency.isupper()):
+        raise RuleError("currency must be an ISO 4217 code such as USD")
+
+
+def select_rule(rules: list[EarnRule], trigger: str, currency: str | None) -> EarnRule | None:
+    """The active rule for an event: one restricted to its currency wins over a general one."""
+    active = [r for r in rules if r.status == "ACTIVE" and r.trigger == trigger]
+    for rule in active:
+        if currency is not None and rule.currency == currency:
+            return rule
+    for rule in active:
+        if rule.currency is None:
+            return rule
+    return None

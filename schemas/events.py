@@ -1,0 +1,161 @@
+"""Message contracts: what producers send and what the worker accepts.
+
+Models are strict (no coercion of 12 into "12") and forbid unknown fields, so a
+producer's mistake is reported instead of half-understood. The same models
+generate the JSON Schema files under schemas/json/.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Self
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+
+from schemas.currencies import ISO_4217
+
+RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+DECIMAL = re.compile(r"^(0|[1-9]\d{0,13})(\.\d{1,4})?$")
+
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _parse_timestamp(value: object) -> datetime:
+    if not isinstance(value, str) or not RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 timestamp with a time zone, e.g. 2026-01-31T12:00:00Z")
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+    text = text.replace("t", "T")
+    # Python accepts at most 6 fractional digits; RFC 3339 allows more.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"not a valid date or time: {exc}") from None
+
+
+def _parse_total(value: object) -> Decimal:
+    if not isinstance(value, str) or not DECIMAL.match(value):
+        raise ValueError(
+            "must be a non-negative decimal string with at most 14 digits and 4 decimals, e.g. \"49.90\""
+        )
+    return Decimal(value)
+
+
+def _check_currency(value: str) -> str:
+    if value not in ISO_4217:
+        raise ValueError("must be an ISO 4217 currency code in upper case, e.g. USD")
+    return value
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_parse_timestamp),
+    PlainSerializer(lambda v: v.isoformat(), return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339.pattern,
+                    "description": "RFC 3339 timestamp with a time zone"}),
+]
+Total = Annotated[
+    Decimal,
+    BeforeValidator(_parse_total),
+    PlainSerializer(lambda v: format(v.normalize(), "f"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DECIMAL.pattern,
+                    "description": "Order total as a decimal string, e.g. \"49.90\""}),
+]
+Currency = Annotated[
+    str,
+    AfterValidator(_check_currency),
+    WithJsonSchema({"type": "string", "enum": sorted(ISO_4217),
+                    "description": "ISO 4217 currency code"}),
+]
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SignupEvent(Contract):
+    """Payload of `loyalty.events.signup`: a customer became known to the shop."""
+
+    model_config = ConfigDict(title="loyalty.events.signup")
+
+    event_id: Id
+    contact_id: Id
+    member_id: Id | None = None
+    email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    occurred_at: Timestamp
+
+
+class OrderCompletedEvent(Contract):
+    """Payload of `loyalty.events.order_completed`: an order was paid and completed."""
+
+    model_config = ConfigDict(title="loyalty.events.order_completed")
+
+    event_id: Id
+    contact_id: Id
+    order_id: Id
+    total: Total
+    currency: Currency
+    occurred_at: Timestamp
+
+
+class AdjustPointsRequest(Contract):
+    """Payload of `loyalty.accounts.adjust_points`: staff changes an account's points."""
+
+    model_config = ConfigDict(
+        title="loyalty.accounts.adjust_points",
+        json_schema_extra={
+            "allOf": [
+                {"oneOf": [{"required": ["account_id"]}, {"required": ["contact_id"]}]},
+                {"oneOf": [{"required": ["amount"]}, {"required": ["balance"]}]},
+            ]
+        },
+    )
+
+    request_id: Id
+    account_id: Annotated[str, AfterValidator(lambda v: str(UUID(v))),
+                          WithJsonSchema({"type": "string", "format": "uuid"})] | None = None
+    contact_id: Id | None = None
+    amount: Annotated[int, Field(ge=-9_999_999, le=9_999_999)] | None = None
+    balance: Annotated[int, Field(ge=0, le=999_999_999)] | None = None
+    description: Annotated[str, Field(min_length=1, max_length=100)]
+    actor: Id
+    revision: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.account_id is None) == (self.contact_id is None):
+            raise ValueError("give exactly one of account_id and contact_id")
+        if (self.amount is None) == (self.balance is None):
+            raise ValueError("give exactly one of amount and balance")
+        if self.amount == 0:
+            raise ValueError("amount must not be 0")
+        return self
+
+
+# Task name -> (queue, payload model): the whole public contract in one table.
+TASKS: dict[str, tuple[str, type[Contract]]] = {
+    "loyalty.events.signup": ("loyalty.events", SignupEvent),
+    "loyalty.events.order_completed": ("loyalty.events", OrderCompletedEvent),
+    "loyalty.accounts.adjust_points": ("loyalty.admin", AdjustPointsRequest),
+}
+
+
+def json_schema(model: type[Contract]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
