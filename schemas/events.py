@@ -7,6 +7,8 @@ generate the JSON Schema files under schemas/json/.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -15,11 +17,12 @@ from uuid import UUID
 
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     WithJsonSchema,
     model_validator,
 )
@@ -85,6 +88,15 @@ Currency = Annotated[
 
 class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    def fingerprint(self) -> str:
+        """Hash of the normalised payload: equal for re-sends, different for any other content.
+
+        Normalised, so "2026-01-01T00:00:00Z" and "...+00:00", or "49.9" and "49.90",
+        count as the same event rather than as a conflict.
+        """
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class SignupEvent(Contract):
@@ -153,6 +165,15 @@ TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.events.order_completed": ("loyalty.events", OrderCompletedEvent),
     "loyalty.accounts.adjust_points": ("loyalty.admin", AdjustPointsRequest),
 }
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A validation failure as one line: `field: problem; field: problem`."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def json_schema(model: type[Contract]) -> dict[str, Any]:

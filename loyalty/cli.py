@@ -1,0 +1,516 @@
+"""`loyalty`: operate the ledger from a shell.
+
+Reads take `--json` and then print exactly one JSON document. Every error is
+one line on stderr and a non-zero exit: 1 for a refused or failed operation,
+2 for bad usage, 3 for a database that is not ready.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+
+from loyalty import db
+from loyalty.errors import LoyaltyError, NotMigratedError, TransientError
+from loyalty.ledger import Ledger
+from loyalty.settings import Settings, mask_url
+
+JSON_HELP = "Print one JSON document instead of text."
+
+
+class Context:
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    def ledger(self) -> Ledger:
+        engine = db.get_engine(self.settings.database_url, self.settings.db_pool_size)
+        db.ensure_migrated(engine)
+        return Ledger(engine)
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(text(data) if text else _text(data))
+
+
+def _text(data: Any, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(data, dict):
+        lines = []
+        for key, value in data.items():
+            if isinstance(value, dict | list) and value:
+                lines.append(f"{pad}{key}:")
+                lines.append(_text(value, indent + 1))
+            else:
+                lines.append(f"{pad}{key}: {'-' if value is None else value}")
+        return "\n".join(lines)
+    if isinstance(data, list):
+        return "\n".join(_text(item, indent) + ("\n" if isinstance(item, dict) else "")
+                         for item in data).rstrip("\n")
+    return f"{pad}{data}"
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict], Any]]],
+           next_cursor: str | None = None) -> str:
+    cells = [[str(get(row)) for _, get in columns] for row in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _) in enumerate(columns)]
+    lines = ["  ".join(h.ljust(w) for (h, _), w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    if not rows:
+        lines.append("(none)")
+    if next_cursor:
+        lines.append(f"more: --cursor {next_cursor}")
+    return "\n".join(lines)
+
+
+def one_of(**options: Any) -> None:
+    given = [name for name, value in options.items() if value is not None]
+    if len(given) != 1:
+        names = " | ".join("--" + n.replace("_", "-") for n in options)
+        raise click.UsageError(f"give exactly one of {names}")
+
+
+@click.group()
+@click.version_option(package_name="loyalty-ledger")
+def cli() -> None:
+    """Loyalty-points ledger: events in, exact idempotent ledger out."""
+
+
+# -- db ----------------------------------------------------------------------
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Apply the Alembic migrations."""
+    engine = db.get_engine(ctx.settings.database_url)
+    try:
+        db.upgrade(engine, revision)
+    except Exception as exc:
+        raise _database_error(exc) from None
+    click.echo(f"database {mask_url(ctx.settings.database_url)} at revision "
+               f"{db.current_revision(engine)}")
+
+
+@db_group.command("current")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def db_current(ctx: Context, as_json: bool) -> None:
+    """Show the database's schema revision and the one this code needs."""
+    engine = db.get_engine(ctx.settings.database_url)
+    try:
+        current = db.current_revision(engine)
+    except Exception as exc:
+        raise _database_error(exc) from None
+    head = db.head_revision()
+    emit({"current": current, "head": head, "up_to_date": current == head}, as_json)
+
+
+def _database_error(exc: Exception) -> LoyaltyError:
+    if isinstance(exc, LoyaltyError):
+        return exc
+    message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return TransientError(f"database error: {message}")
+
+
+# -- worker ------------------------------------------------------------------
+
+
+@cli.command("worker", context_settings={"ignore_unknown_options": True,
+                                         "allow_extra_args": True})
+@click.pass_context
+def worker_command(click_ctx: click.Context) -> None:
+    """Start the worker, as `celery -A worker worker` does. Extra options go to Celery."""
+    ctx = click_ctx.ensure_object(Context)
+    engine = db.get_engine(ctx.settings.database_url)
+    try:
+        db.ensure_migrated(engine)
+    except NotMigratedError:
+        raise
+    except Exception as exc:
+        raise _database_error(exc) from None
+    finally:
+        db.dispose_all()
+    from worker.app import app
+
+    argv = ["worker", "--loglevel", ctx.settings.log_level,
+            "--queues", "loyalty.events,loyalty.admin", *click_ctx.args]
+    app.worker_main(argv=argv)
+
+
+# -- publish -----------------------------------------------------------------
+
+
+@cli.group("publish")
+def publish_group() -> None:
+    """Publish events to the broker, as a shop's producer would."""
+
+
+def _publisher(ctx: Context) -> Any:
+    from loyalty.publish import Publisher
+
+    return Publisher(ctx.settings.broker_url, ctx.settings.result_backend)
+
+
+@publish_group.command("signup")
+@click.option("--contact-id", required=True)
+@click.option("--event-id", help="Defaults to a new UUID.")
+@click.option("--member-id")
+@click.option("--email")
+@click.option("--name")
+@click.option("--occurred-at", help="RFC 3339 timestamp; defaults to now.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def publish_signup(ctx: Context, as_json: bool, **fields: Any) -> None:
+    """Publish loyalty.events.signup."""
+    with _publisher(ctx) as publisher:
+        sent = publisher.signup(**fields)
+    emit(sent, as_json, lambda s: f"published {s['task']} event_id={s['payload']['event_id']}")
+
+
+@publish_group.command("order")
+@click.option("--contact-id", required=True)
+@click.option("--order-id", required=True)
+@click.option("--total", required=True, help='Decimal string, e.g. "49.90".')
+@click.option("--currency", required=True, help="ISO 4217 code, e.g. USD.")
+@click.option("--event-id", help="Defaults to a new UUID.")
+@click.option("--occurred-at", help="RFC 3339 timestamp; defaults to now.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def publish_order(ctx: Context, as_json: bool, **fields: Any) -> None:
+    """Publish loyalty.events.order_completed."""
+    with _publisher(ctx) as publisher:
+        sent = publisher.order_completed(**fields)
+    emit(sent, as_json, lambda s: f"published {s['task']} event_id={s['payload']['event_id']}")
+
+
+# -- accounts and transactions -------------------------------------------------
+
+
+ACCOUNT_COLUMNS: list[tuple[str, Callable[[dict], Any]]] = [
+    ("id", lambda a: a["id"]),
+    ("contact_id", lambda a: a["contact_id"]),
+    ("balance", lambda a: a["points"]["balance"]),
+    ("earned", lambda a: a["points"]["earned"]),
+    ("adjusted", lambda a: a["points"]["adjusted"]),
+    ("revision", lambda a: a["revision"]),
+]
+
+
+@cli.group("accounts")
+def accounts_group() -> None:
+    """Loyalty accounts."""
+
+
+@accounts_group.command("get")
+@click.option("--account-id")
+@click.option("--contact-id")
+@click.option("--member-id")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def accounts_get(ctx: Context, account_id: str | None, contact_id: str | None,
+                 member_id: str | None, as_json: bool) -> None:
+    """Show one account."""
+    one_of(account_id=account_id, contact_id=contact_id, member_id=member_id)
+    account = ctx.ledger().get_account(account_id=account_id, contact_id=contact_id,
+                                       member_id=member_id)
+    emit(account, as_json)
+
+
+@accounts_group.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def accounts_list(ctx: Context, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List accounts, a page at a time."""
+    result = ctx.ledger().list_accounts(limit, cursor)
+    emit(result, as_json, lambda r: _table(r["items"], ACCOUNT_COLUMNS, r["next_cursor"]))
+
+
+@cli.group("transactions")
+def transactions_group() -> None:
+    """Ledger entries of an account."""
+
+
+@transactions_group.command("list")
+@click.option("--account-id")
+@click.option("--contact-id")
+@click.option("--type", "type_", type=click.Choice(["EARN", "ADJUST", "REDEEM", "REFUND",
+                                                    "EXPIRE"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def transactions_list(ctx: Context, account_id: str | None, contact_id: str | None,
+                      type_: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List an account's ledger entries, newest first."""
+    one_of(account_id=account_id, contact_id=contact_id)
+    result = ctx.ledger().list_transactions(account_id=account_id, contact_id=contact_id,
+                                            type_=type_, limit=limit, cursor=cursor)
+    columns: list[tuple[str, Callable[[dict], Any]]] = [
+        ("created_at", lambda e: e["created_at"]),
+        ("type", lambda e: e["type"]),
+        ("amount", lambda e: e["amount"]),
+        ("balance_after", lambda e: e["balance_after"]),
+        ("description", lambda e: e["description"]),
+    ]
+    emit(result, as_json, lambda r: _table(r["items"], columns, r["next_cursor"]))
+
+
+# -- adjust ------------------------------------------------------------------
+
+
+@cli.command("adjust")
+@click.option("--account-id")
+@click.option("--contact-id")
+@click.option("--amount", type=int, help="Points to add (negative to remove).")
+@click.option("--balance", type=int, help="Set the balance to this value.")
+@click.option("--description", required=True)
+@click.option("--actor", required=True, help="Who asked for the adjustment.")
+@click.option("--revision", type=int, help="Reject unless the account is at this revision.")
+@click.option("--request-id", help="Idempotency key; defaults to a new UUID.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the worker's answer.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def adjust(ctx: Context, account_id: str | None, contact_id: str | None, amount: int | None,
+           balance: int | None, description: str, actor: str, revision: int | None,
+           request_id: str | None, timeout: float, as_json: bool) -> None:
+    """Adjust an account's points through the worker; exit 1 if the request is rejected."""
+    one_of(account_id=account_id, contact_id=contact_id)
+    one_of(amount=amount, balance=balance)
+    with _publisher(ctx) as publisher:
+        pending = publisher.adjust_points(
+            request_id=request_id, account_id=account_id, contact_id=contact_id, amount=amount,
+            balance=balance, description=description, actor=actor, revision=revision)
+        try:
+            result = pending.get(timeout=timeout, propagate=True)
+        except Exception as exc:
+            if type(exc).__name__ == "TimeoutError":
+                raise TransientError(
+                    f"no answer from a worker within {timeout:g}s (request {pending.id} is queued"
+                    " and will still be applied once; repeat with --request-id to read it)"
+                ) from None
+            raise
+    emit(result, as_json, _adjust_text)
+    if result.get("status") != "applied":
+        sys.exit(1)
+
+
+def _adjust_text(result: dict[str, Any]) -> str:
+    account = result.get("account") or {}
+    points = account.get("points", {})
+    if result.get("status") == "applied":
+        return (f"applied: transaction {result['transaction_id']}; balance {points.get('balance')}"
+                f", revision {account.get('revision')}")
+    detail = f" ({result['detail']})" if result.get("detail") else ""
+    return f"rejected: {result.get('reason')}{detail}"
+
+
+# -- rules -------------------------------------------------------------------
+
+
+RULE_COLUMNS: list[tuple[str, Callable[[dict], Any]]] = [
+    ("id", lambda r: r["id"]),
+    ("name", lambda r: r["name"]),
+    ("trigger", lambda r: r["trigger"]),
+    ("kind", lambda r: r["kind"]),
+    ("points", lambda r: r["points"]),
+    ("per", lambda r: r["money_amount"] or "-"),
+    ("currency", lambda r: r["currency"] or "any"),
+    ("status", lambda r: r["status"]),
+    ("revision", lambda r: r["revision"]),
+]
+
+
+def _money(value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise click.BadParameter(f"{value!r} is not a decimal number", param_hint="--per") from None
+
+
+@cli.group("rules")
+def rules_group() -> None:
+    """Earn rules: which events earn how many points."""
+
+
+@rules_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def rules_list(ctx: Context, as_json: bool) -> None:
+    """List all earn rules."""
+    result = ctx.ledger().list_rules()
+    emit(result, as_json, lambda r: _table(r["items"], RULE_COLUMNS))
+
+
+@rules_group.command("create")
+@click.option("--name", required=True)
+@click.option("--trigger", type=click.Choice(["signup", "order.completed"]), required=True)
+@click.option("--kind", type=click.Choice(["fixed", "conversion"]), required=True)
+@click.option("--points", type=int, required=True, help="N for fixed; P in P points per M.")
+@click.option("--per", "money_amount", help="M money units, for a conversion rule.")
+@click.option("--currency", help="Only orders in this currency (ISO 4217).")
+@click.option("--paused", is_flag=True, help="Create the rule PAUSED.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def rules_create(ctx: Context, name: str, trigger: str, kind: str, points: int,
+                 money_amount: str | None, currency: str | None, paused: bool,
+                 as_json: bool) -> None:
+    """Create an earn rule."""
+    rule = ctx.ledger().create_rule(
+        name=name, trigger=trigger, kind=kind, points=points, money_amount=_money(money_amount),
+        currency=currency, status="PAUSED" if paused else "ACTIVE")
+    emit(rule, as_json)
+
+
+@rules_group.command("update")
+@click.argument("rule_id", type=int)
+@click.option("--name")
+@click.option("--kind", type=click.Choice(["fixed", "conversion"]))
+@click.option("--points", type=int)
+@click.option("--per", "money_amount")
+@click.option("--currency")
+@click.option("--any-currency", is_flag=True, help="Remove the currency restriction.")
+@click.option("--revision", type=int, help="Refuse unless the rule is at this revision.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def rules_update(ctx: Context, rule_id: int, name: str | None, kind: str | None,
+                 points: int | None, money_amount: str | None, currency: str | None,
+                 any_currency: bool, revision: int | None, as_json: bool) -> None:
+    """Change a rule; its revision goes up by one."""
+    if currency and any_currency:
+        raise click.UsageError("give --currency or --any-currency, not both")
+    rule = ctx.ledger().update_rule(
+        rule_id, expected_revision=revision, name=name, kind=kind, points=points,
+        money_amount=_money(money_amount), currency=currency, any_currency=any_currency)
+    emit(rule, as_json)
+
+
+def _set_status(ctx: Context, rule_id: int, status: str, as_json: bool) -> None:
+    emit(ctx.ledger().update_rule(rule_id, status=status), as_json)
+
+
+@rules_group.command("pause")
+@click.argument("rule_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def rules_pause(ctx: Context, rule_id: int, as_json: bool) -> None:
+    """Stop a rule from earning points."""
+    _set_status(ctx, rule_id, "PAUSED", as_json)
+
+
+@rules_group.command("resume")
+@click.argument("rule_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def rules_resume(ctx: Context, rule_id: int, as_json: bool) -> None:
+    """Make a paused rule earn points again."""
+    _set_status(ctx, rule_id, "ACTIVE", as_json)
+
+
+# -- program-wide --------------------------------------------------------------
+
+
+@cli.command("totals")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def totals(ctx: Context, as_json: bool) -> None:
+    """Points across the whole program, as in Wix getProgramTotals."""
+    emit(ctx.ledger().totals(), as_json)
+
+
+@cli.command("verify")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def verify(ctx: Context, as_json: bool) -> None:
+    """Check every ledger invariant across the database; exit 1 on any violation."""
+    report = ctx.ledger().verify()
+
+    def text(r: dict[str, Any]) -> str:
+        head = (f"{'ok' if r['ok'] else 'FAILED'}: {r['checked']['accounts']} accounts, "
+                f"{r['checked']['entries']} ledger entries, {len(r['violations'])} violations")
+        return "\n".join([head] + [json.dumps(v, default=str) for v in r["violations"]])
+
+    emit(report, as_json, text)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@cli.group("dlq")
+def dlq_group() -> None:
+    """Dead letters: messages that could not be applied."""
+
+
+@dlq_group.command("list")
+@click.option("--reason")
+@click.option("--status", type=click.Choice(["pending", "replayed", "discarded"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def dlq_list(ctx: Context, reason: str | None, status: str | None, limit: int,
+             cursor: str | None, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    result = ctx.ledger().list_dead_letters(reason=reason, status=status, limit=limit,
+                                            cursor=cursor)
+    columns: list[tuple[str, Callable[[dict], Any]]] = [
+        ("id", lambda d: d["id"]),
+        ("task_name", lambda d: d["task_name"]),
+        ("reason", lambda d: d["reason"]),
+        ("status", lambda d: d["status"]),
+        ("attempts", lambda d: d["attempts"]),
+        ("last_failed_at", lambda d: d["last_failed_at"]),
+    ]
+    emit(result, as_json, lambda r: _table(r["items"], columns, r["next_cursor"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors and exit codes instead of tracebacks."""
+    try:
+        cli.main(args=argv, prog_name="loyalty", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except NotMigratedError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
+    except LoyaltyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"error: {type(exc).__name__}: {message}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

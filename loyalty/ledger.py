@@ -1,0 +1,700 @@
+"""The one module that talks SQL to the ledger database.
+
+Every public method is one unit of work in one PostgreSQL transaction: the
+idempotency record, the ledger entry and the account's cached points commit
+together or not at all. Driver errors leave this module as `loyalty.errors`
+exceptions, so callers never import psycopg or SQLAlchemy to decide what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+from uuid import UUID
+
+from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+
+from loyalty import views
+from loyalty.adjustments import decide_adjustment
+from loyalty.errors import (
+    AccountNotFound,
+    ContactConflict,
+    IdempotencyConflict,
+    LoyaltyError,
+    NoActiveRule,
+    RuleError,
+    RuleNotFound,
+    TransientError,
+)
+from loyalty.rules import EarnRule, select_rule, validate_rule
+from loyalty.tables import (
+    accounts,
+    adjust_requests,
+    contacts,
+    dead_letters,
+    earn_rules,
+    ledger_entries,
+    processed_events,
+)
+from schemas.events import AdjustPointsRequest, OrderCompletedEvent, SignupEvent
+
+T = TypeVar("T")
+
+#: Unique keys that two deliveries of one message can race for. Losing such a
+#: race is not an error: the unit of work runs again and finds the winner's row.
+_RACE_CONSTRAINTS = frozenset(
+    {
+        "pk_processed_events",
+        "pk_adjust_requests",
+        "pk_contacts",
+        "uq_accounts_contact_id",
+        "uq_ledger_entries_event_id",
+        "uq_ledger_entries_idempotency_key",
+        "uq_ledger_entries_one_order",
+        "uq_ledger_entries_one_signup",
+        "uq_dead_letters_message_id",
+    }
+)
+
+_ACCOUNT = select(accounts, contacts.c.member_id).join(
+    contacts, contacts.c.contact_id == accounts.c.contact_id
+)
+
+
+class LedgerIntegrityError(LoyaltyError):
+    """The database refused a write that the code believed valid: a bug, never retried."""
+
+    reason = "integrity_violation"
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    event_id: str
+    outcome: str
+    points: int
+    account_id: str
+    ledger_entry_id: str | None
+    #: True when the event had been applied before and this delivery changed nothing.
+    duplicate: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "outcome": self.outcome,
+            "points": self.points,
+            "account_id": self.account_id,
+            "ledger_entry_id": self.ledger_entry_id,
+            "duplicate": self.duplicate,
+        }
+
+
+def _constraint(exc: DBAPIError) -> str | None:
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+class Ledger:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- unit-of-work plumbing -------------------------------------------------
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except IntegrityError as exc:
+                name = _constraint(exc)
+                if name == "uq_contacts_member_id":
+                    raise ContactConflict("member_id is already linked to another contact") from None
+                if name in _RACE_CONSTRAINTS and attempt < 2:
+                    continue
+                raise LedgerIntegrityError(f"{name or 'constraint'}: {exc.orig}") from exc
+            except (OperationalError, InterfaceError) as exc:
+                raise TransientError(f"database unavailable: {str(exc.orig).strip()}") from exc
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise TransientError(f"connection lost: {str(exc.orig).strip()}") from exc
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- events ----------------------------------------------------------------
+
+    def apply_signup(self, event: SignupEvent) -> EventOutcome:
+        fingerprint = event.fingerprint()
+
+        def work(conn: Connection) -> EventOutcome:
+            seen = self._seen_event(conn, event.event_id, fingerprint)
+            if seen:
+                return seen
+            ins = pg_insert(contacts).values(
+                contact_id=event.contact_id,
+                member_id=event.member_id,
+                email=event.email,
+                name=event.name,
+                profile_at=event.occurred_at,
+            )
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=[contacts.c.contact_id],
+                    set_={
+                        "member_id": func.coalesce(ins.excluded.member_id, contacts.c.member_id),
+                        "email": func.coalesce(ins.excluded.email, contacts.c.email),
+                        "name": func.coalesce(ins.excluded.name, contacts.c.name),
+                        "profile_at": ins.excluded.profile_at,
+                        "updated_at": func.now(),
+                    },
+                    # A late re-delivery of an older signup must not undo newer details.
+                    where=contacts.c.profile_at <= ins.excluded.profile_at,
+                )
+            )
+            conn.execute(
+                pg_insert(accounts)
+                .values(contact_id=event.contact_id)
+                .on_conflict_do_nothing(index_elements=[accounts.c.contact_id])
+            )
+            account = self._lock_account(conn, contact_id=event.contact_id)
+            assert account is not None
+            seen = self._seen_event(conn, event.event_id, fingerprint)
+            if seen:
+                return seen
+            record = {"event_id": event.event_id, "event_type": "signup",
+                      "fingerprint": fingerprint, "contact_id": event.contact_id,
+                      "account_id": account["id"]}
+            already = conn.execute(
+                select(ledger_entries.c.id).where(
+                    ledger_entries.c.account_id == account["id"],
+                    ledger_entries.c.type == "EARN",
+                    ledger_entries.c.event_type == "signup",
+                )
+            ).first()
+            if already:
+                return self._record(conn, record, "already_signed_up")
+            rule = select_rule(self._active_rules(conn, "signup"), "signup", None)
+            if rule is None:
+                # The contact and account are real even while the signup bonus is paused.
+                return self._record(conn, record, "no_rule")
+            entry_id = self._earn(conn, account, rule, rule.points_for(), event.event_id,
+                                  "signup", None, rule.name)
+            return self._record(conn, record, "earned", rule.points_for(), entry_id)
+
+        return self._run(work)
+
+    def apply_order(self, event: OrderCompletedEvent) -> EventOutcome:
+        fingerprint = event.fingerprint()
+
+        def work(conn: Connection) -> EventOutcome:
+            seen = self._seen_event(conn, event.event_id, fingerprint)
+            if seen:
+                return seen
+            account = self._lock_account(conn, contact_id=event.contact_id)
+            if account is None:
+                raise AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
+            seen = self._seen_event(conn, event.event_id, fingerprint)
+            if seen:
+                return seen
+            record = {"event_id": event.event_id, "event_type": "order.completed",
+                      "fingerprint": fingerprint, "contact_id": event.contact_id,
+                      "account_id": account["id"], "order_id": event.order_id}
+            earned_before = conn.execute(
+                select(ledger_entries.c.id).where(
+                    ledger_entries.c.account_id == account["id"],
+                    ledger_entries.c.type == "EARN",
+                    ledger_entries.c.order_id == event.order_id,
+                )
+            ).first()
+            if earned_before:
+                return self._record(conn, record, "duplicate_order")
+            rule = select_rule(self._active_rules(conn, "order.completed"), "order.completed",
+                               event.currency)
+            if rule is None:
+                raise NoActiveRule(f"no active order.completed rule for currency {event.currency}")
+            points = rule.points_for(event.total)
+            if points == 0:
+                return self._record(conn, record, "no_points")
+            entry_id = self._earn(conn, account, rule, points, event.event_id,
+                                  "order.completed", event.order_id, f"Order {event.order_id}")
+            return self._record(conn, record, "earned", points, entry_id)
+
+        return self._run(work)
+
+    def _seen_event(self, conn: Connection, event_id: str, fingerprint: str) -> EventOutcome | None:
+        row = conn.execute(
+            select(processed_events).where(processed_events.c.event_id == event_id)
+        ).mappings().first()
+        if row is None:
+            return None
+        if row["fingerprint"] != fingerprint:
+            raise IdempotencyConflict(
+                f"event_id {event_id!r} was already applied with a different payload"
+            )
+        return EventOutcome(
+            event_id=event_id,
+            outcome=row["outcome"],
+            points=row["points"],
+            account_id=str(row["account_id"]),
+            ledger_entry_id=str(row["ledger_entry_id"]) if row["ledger_entry_id"] else None,
+            duplicate=True,
+        )
+
+    def _record(self, conn: Connection, record: dict[str, Any], outcome: str, points: int = 0,
+                entry_id: UUID | None = None) -> EventOutcome:
+        conn.execute(
+            processed_events.insert().values(
+                **record, outcome=outcome, points=points, ledger_entry_id=entry_id
+            )
+        )
+        return EventOutcome(
+            event_id=record["event_id"],
+            outcome=outcome,
+            points=points,
+            account_id=str(record["account_id"]),
+            ledger_entry_id=str(entry_id) if entry_id else None,
+        )
+
+    def _earn(self, conn: Connection, account: Mapping[Any, Any], rule: EarnRule, points: int,
+              event_id: str, event_type: str, order_id: str | None, description: str) -> UUID:
+        entry_id: UUID = conn.execute(
+            ledger_entries.insert()
+            .values(
+                account_id=account["id"],
+                type="EARN",
+                amount=points,
+                balance_after=account["balance"] + points,
+                description=description[:256],
+                idempotency_key=f"event:{event_id}",
+                event_type=event_type,
+                event_id=event_id,
+                order_id=order_id,
+                rule_id=rule.id,
+                rule_revision=rule.revision,
+            )
+            .returning(ledger_entries.c.id)
+        ).scalar_one()
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account["id"])
+            .values(
+                balance=accounts.c.balance + points,
+                earned=accounts.c.earned + points,
+                revision=accounts.c.revision + 1,
+                updated_at=func.now(),
+                last_activity_at=func.now(),
+            )
+        )
+        return entry_id
+
+    # -- manual adjustments ----------------------------------------------------
+
+    def adjust_points(self, request: AdjustPointsRequest) -> dict[str, Any]:
+        """Apply or reject one staff adjustment; a repeated request_id returns its first result."""
+        fingerprint = request.fingerprint()
+
+        def previous(conn: Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                select(adjust_requests.c.fingerprint, adjust_requests.c.result).where(
+                    adjust_requests.c.request_id == request.request_id
+                )
+            ).first()
+            if row is None:
+                return None
+            if row.fingerprint != fingerprint:
+                raise IdempotencyConflict(
+                    f"request_id {request.request_id!r} was already used with a different payload"
+                )
+            return dict(row.result)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            first = previous(conn)
+            if first is not None:
+                return first
+            account = self._lock_account(
+                conn,
+                account_id=UUID(request.account_id) if request.account_id else None,
+                contact_id=request.contact_id,
+            )
+            first = previous(conn)
+            if first is not None:
+                return first
+            entry_id: UUID | None = None
+            if account is None:
+                result: dict[str, Any] = {"status": "rejected", "reason": "account_not_found",
+                                          "account": None}
+            else:
+                decision = decide_adjustment(
+                    balance=account["balance"],
+                    revision=account["revision"],
+                    amount=request.amount,
+                    new_balance=request.balance,
+                    expected_revision=request.revision,
+                )
+                if decision.applied:
+                    entry_id = self._adjust(conn, account, decision.delta, decision.balance_after,
+                                            request)
+                    account = self._lock_account(conn, account_id=account["id"])
+                    assert account is not None
+                    result = {"status": "applied", "transaction_id": str(entry_id),
+                              "account": views.account_json(account)}
+                else:
+                    result = {"status": "rejected", "reason": decision.reason,
+                              "account": views.account_json(account)}
+            conn.execute(
+                adjust_requests.insert().values(
+                    request_id=request.request_id,
+                    fingerprint=fingerprint,
+                    status=result["status"],
+                    reason=result.get("reason"),
+                    ledger_entry_id=entry_id,
+                    result=result,
+                )
+            )
+            return result
+
+        return self._run(work)
+
+    def _adjust(self, conn: Connection, account: Mapping[Any, Any], delta: int, balance_after: int,
+                request: AdjustPointsRequest) -> UUID:
+        entry_id: UUID = conn.execute(
+            ledger_entries.insert()
+            .values(
+                account_id=account["id"],
+                type="ADJUST",
+                amount=delta,
+                balance_after=balance_after,
+                balance_before=account["balance"],
+                description=request.description,
+                idempotency_key=f"adjust:{request.request_id}",
+                actor=request.actor,
+            )
+            .returning(ledger_entries.c.id)
+        ).scalar_one()
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account["id"])
+            .values(
+                balance=balance_after,
+                adjusted=accounts.c.adjusted + delta,
+                revision=accounts.c.revision + 1,
+                updated_at=func.now(),
+                last_activity_at=func.now(),
+            )
+        )
+        return entry_id
+
+    # -- accounts and transactions (reads) ---------------------------------------
+
+    def _lock_account(self, conn: Connection, *, account_id: UUID | None = None,
+                      contact_id: str | None = None) -> Mapping[Any, Any] | None:
+        query = _ACCOUNT.with_for_update(of=accounts)
+        if account_id is not None:
+            query = query.where(accounts.c.id == account_id)
+        else:
+            query = query.where(accounts.c.contact_id == contact_id)
+        return conn.execute(query).mappings().first()
+
+    def get_account(self, *, account_id: str | None = None, contact_id: str | None = None,
+                    member_id: str | None = None) -> dict[str, Any]:
+        query = _ACCOUNT
+        if account_id is not None:
+            query = query.where(accounts.c.id == _uuid(account_id, "account id"))
+        elif contact_id is not None:
+            query = query.where(accounts.c.contact_id == contact_id)
+        else:
+            query = query.where(contacts.c.member_id == member_id)
+        row = self._read(lambda conn: conn.execute(query).mappings().first())
+        if row is None:
+            raise AccountNotFound("no such loyalty account")
+        return views.account_json(row)
+
+    def list_accounts(self, limit: int, cursor: str | None = None) -> dict[str, Any]:
+        query = _ACCOUNT.order_by(accounts.c.id).limit(limit + 1)
+        if cursor:
+            query = query.where(accounts.c.id > _uuid(views.decode_cursor(cursor), "cursor"))
+        rows = self._read(lambda conn: conn.execute(query).mappings().all())
+        items = [views.account_json(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return views.page(items, views.encode_cursor(items[-1]["id"]) if more else None)
+
+    def list_transactions(self, *, account_id: str | None = None, contact_id: str | None = None,
+                          type_: str | None = None, limit: int = 50,
+                          cursor: str | None = None) -> dict[str, Any]:
+        account = self.get_account(account_id=account_id, contact_id=contact_id)
+        query = (
+            select(ledger_entries)
+            .where(ledger_entries.c.account_id == UUID(account["id"]))
+            .order_by(ledger_entries.c.seq.desc())
+            .limit(limit + 1)
+        )
+        if type_:
+            query = query.where(ledger_entries.c.type == type_)
+        if cursor:
+            try:
+                before = int(views.decode_cursor(cursor))
+            except ValueError:
+                raise views.InvalidCursor(f"invalid cursor {cursor!r}") from None
+            query = query.where(ledger_entries.c.seq < before)
+        rows = self._read(lambda conn: conn.execute(query).mappings().all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = views.encode_cursor(str(rows[-1]["seq"])) if more else None
+        return views.page([views.entry_json(r) for r in rows], next_cursor)
+
+    def totals(self) -> dict[str, Any]:
+        query = select(
+            func.count(),
+            *(func.coalesce(func.sum(accounts.c[name]), 0) for name in _POINTS),
+        )
+        row = self._read(lambda conn: conn.execute(query).one())
+        return {"points": {name: int(v) for name, v in zip(_POINTS, row[1:], strict=True)},
+                "accounts": row[0]}
+
+    def _read(self, work: Callable[[Connection], T]) -> T:
+        try:
+            with self.engine.connect() as conn:
+                return work(conn)
+        except (OperationalError, InterfaceError) as exc:
+            raise TransientError(f"database unavailable: {str(exc.orig).strip()}") from exc
+
+    # -- earn rules --------------------------------------------------------------
+
+    def _active_rules(self, conn: Connection, trigger: str) -> list[EarnRule]:
+        rows = conn.execute(
+            select(earn_rules).where(earn_rules.c.trigger == trigger,
+                                     earn_rules.c.status == "ACTIVE")
+        ).mappings().all()
+        return [_rule(r) for r in rows]
+
+    def list_rules(self) -> dict[str, Any]:
+        rows = self._read(
+            lambda conn: conn.execute(select(earn_rules).order_by(earn_rules.c.id)).mappings().all()
+        )
+        return views.page([views.rule_json(r) for r in rows], None)
+
+    def create_rule(self, *, name: str, trigger: str, kind: str, points: int,
+                    money_amount: Decimal | None, currency: str | None,
+                    status: str = "ACTIVE") -> dict[str, Any]:
+        validate_rule(trigger=trigger, kind=kind, points=points, money_amount=money_amount,
+                      currency=currency, status=status)
+        _check_name(name)
+        values = {"name": name, "trigger": trigger, "kind": kind, "points": points,
+                  "money_amount": money_amount, "currency": currency, "status": status}
+        return self._write_rule(
+            lambda conn: conn.execute(earn_rules.insert().values(**values).returning(earn_rules))
+        )
+
+    def update_rule(self, rule_id: int, *, expected_revision: int | None = None,
+                    name: str | None = None, kind: str | None = None, points: int | None = None,
+                    money_amount: Decimal | None = None, currency: str | None = None,
+                    any_currency: bool = False, status: str | None = None) -> dict[str, Any]:
+        """Change a rule; its revision goes up by one so later EARNs record the new terms."""
+        def work(conn: Connection) -> Mapping[Any, Any]:
+            current = conn.execute(
+                select(earn_rules).where(earn_rules.c.id == rule_id).with_for_update()
+            ).mappings().first()
+            if current is None:
+                raise RuleNotFound(f"no earn rule with id {rule_id}")
+            if expected_revision is not None and expected_revision != current["revision"]:
+                raise RuleError(
+                    f"rule {rule_id} is at revision {current['revision']}, not {expected_revision}"
+                )
+            given = {"name": name, "kind": kind, "points": points, "money_amount": money_amount,
+                     "currency": currency, "status": status}
+            merged = {**dict(current), **{k: v for k, v in given.items() if v is not None}}
+            if any_currency:
+                merged["currency"] = None
+            if merged["kind"] == "fixed":
+                merged["money_amount"] = None
+            validate_rule(trigger=merged["trigger"], kind=merged["kind"], points=merged["points"],
+                          money_amount=merged["money_amount"], currency=merged["currency"],
+                          status=merged["status"])
+            _check_name(merged["name"])
+            return conn.execute(
+                update(earn_rules)
+                .where(earn_rules.c.id == rule_id)
+                .values(**{f: merged[f] for f in given}, revision=earn_rules.c.revision + 1,
+                        updated_at=func.now())
+                .returning(earn_rules)
+            ).mappings().one()
+
+        try:
+            row = self._run(work)
+        except LedgerIntegrityError as exc:
+            raise _rule_conflict(exc) from None
+        return views.rule_json(row)
+
+    def _write_rule(self, statement: Callable[[Connection], Any]) -> dict[str, Any]:
+        try:
+            row = self._run(lambda conn: statement(conn).mappings().one())
+        except LedgerIntegrityError as exc:
+            raise _rule_conflict(exc) from None
+        return views.rule_json(row)
+
+    # -- dead letters --------------------------------------------------------------
+
+    def add_dead_letter(self, *, task_name: str | None, message_id: str | None, payload: str,
+                        headers: Mapping[Any, Any], reason: str, error_detail: str) -> int:
+        """Keep a message that cannot be applied; a re-delivery of it counts one more attempt."""
+        ins = pg_insert(dead_letters).values(
+            task_name=task_name,
+            message_id=message_id,
+            payload=payload,
+            headers=json.loads(json.dumps(headers, default=str)),
+            reason=reason,
+            error_detail=error_detail[:4000],
+        )
+        statement = ins.on_conflict_do_update(
+            index_elements=[dead_letters.c.message_id],
+            index_where=dead_letters.c.message_id.isnot(None),
+            set_={
+                "attempts": dead_letters.c.attempts + 1,
+                "last_failed_at": func.now(),
+                "reason": ins.excluded.reason,
+                "error_detail": ins.excluded.error_detail,
+                "status": "pending",
+            },
+        ).returning(dead_letters.c.id)
+        letter_id: int = self._run(lambda conn: conn.execute(statement).scalar_one())
+        return letter_id
+
+    def list_dead_letters(self, *, reason: str | None = None, status: str | None = None,
+                          since: datetime | None = None, limit: int = 50,
+                          cursor: str | None = None) -> dict[str, Any]:
+        query = select(dead_letters).order_by(dead_letters.c.id).limit(limit + 1)
+        if reason:
+            query = query.where(dead_letters.c.reason == reason)
+        if status:
+            query = query.where(dead_letters.c.status == status)
+        if since:
+            query = query.where(dead_letters.c.last_failed_at >= since)
+        if cursor:
+            try:
+                query = query.where(dead_letters.c.id > int(views.decode_cursor(cursor)))
+            except ValueError:
+                raise views.InvalidCursor(f"invalid cursor {cursor!r}") from None
+        rows = self._read(lambda conn: conn.execute(query).mappings().all())
+        more = len(rows) > limit
+        items = [views.dead_letter_json(r) for r in rows[:limit]]
+        return views.page(items, views.encode_cursor(str(items[-1]["id"])) if more else None)
+
+    # -- verification ----------------------------------------------------------------
+
+    def verify(self) -> dict[str, Any]:
+        """Re-check every ledger invariant across the whole database, independently of triggers."""
+        def work(conn: Connection) -> dict[str, Any]:
+            conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            violations = []
+            for check, sql in _VERIFY_CHECKS.items():
+                for row in conn.execute(text(sql)).mappings():
+                    violations.append({"check": check, **{k: _plain(v) for k, v in row.items()}})
+            counts = conn.execute(text(
+                "SELECT (SELECT count(*) FROM accounts) AS accounts,"
+                " (SELECT count(*) FROM ledger_entries) AS entries"
+            )).mappings().one()
+            return {"ok": not violations, "checked": dict(counts), "violations": violations}
+
+        return self._run(work)
+
+
+_POINTS = ("balance", "earned", "adjusted", "redeemed", "expired")
+
+_VERIFY_CHECKS = {
+    "balance_not_negative": "SELECT id AS account_id, balance FROM accounts WHERE balance < 0",
+    "balance_adds_up": """
+        SELECT id AS account_id, balance, earned, adjusted, redeemed, expired FROM accounts
+        WHERE balance <> earned + adjusted - redeemed - expired""",
+    "balance_equals_ledger": """
+        SELECT a.id AS account_id, a.balance, COALESCE(s.total, 0) AS ledger_sum
+        FROM accounts a LEFT JOIN (
+            SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY account_id
+        ) s ON s.account_id = a.id
+        WHERE a.balance <> COALESCE(s.total, 0)""",
+    "totals_equal_ledger": """
+        SELECT a.id AS account_id, a.earned, a.adjusted, a.redeemed, a.expired,
+               COALESCE(s.earned, 0) AS ledger_earned, COALESCE(s.adjusted, 0) AS ledger_adjusted,
+               COALESCE(s.redeemed, 0) AS ledger_redeemed, COALESCE(s.expired, 0) AS ledger_expired
+        FROM accounts a LEFT JOIN (
+            SELECT account_id,
+                   sum(amount) FILTER (WHERE type = 'EARN') AS earned,
+                   sum(amount) FILTER (WHERE type = 'ADJUST') AS adjusted,
+                   -sum(amount) FILTER (WHERE type IN ('REDEEM', 'REFUND')) AS redeemed,
+                   -sum(amount) FILTER (WHERE type = 'EXPIRE') AS expired
+            FROM ledger_entries GROUP BY account_id
+        ) s ON s.account_id = a.id
+        WHERE (a.earned, a.adjusted, a.redeemed, a.expired) IS DISTINCT FROM
+              (COALESCE(s.earned, 0), COALESCE(s.adjusted, 0),
+               COALESCE(s.redeemed, 0), COALESCE(s.expired, 0))""",
+    "balance_after_chain": """
+        SELECT account_id, id AS entry_id, expected, balance_after FROM (
+            SELECT account_id, id, balance_after,
+                   COALESCE(lag(balance_after) OVER w, 0) + amount AS expected
+            FROM ledger_entries WINDOW w AS (PARTITION BY account_id ORDER BY seq)
+        ) chained WHERE balance_after <> expected""",
+    "revision_counts_changes": """
+        SELECT a.id AS account_id, a.revision, 1 + COALESCE(n.entries, 0) AS expected
+        FROM accounts a LEFT JOIN (
+            SELECT account_id, count(*) AS entries FROM ledger_entries GROUP BY account_id
+        ) n ON n.account_id = a.id
+        WHERE a.revision <> 1 + COALESCE(n.entries, 0)""",
+    "order_earns_once": """
+        SELECT account_id, order_id, count(*) AS earns FROM ledger_entries
+        WHERE type = 'EARN' AND order_id IS NOT NULL
+        GROUP BY account_id, order_id HAVING count(*) > 1""",
+    "signup_earns_once": """
+        SELECT account_id, count(*) AS earns FROM ledger_entries
+        WHERE type = 'EARN' AND event_type = 'signup'
+        GROUP BY account_id HAVING count(*) > 1""",
+    "processed_event_matches_entry": """
+        SELECT p.event_id, p.points, e.amount FROM processed_events p
+        LEFT JOIN ledger_entries e ON e.id = p.ledger_entry_id
+        WHERE p.outcome = 'earned' AND (e.id IS NULL OR e.amount <> p.points
+              OR e.event_id IS DISTINCT FROM p.event_id OR e.account_id <> p.account_id)""",
+    "entry_has_processed_event": """
+        SELECT e.id AS entry_id, e.event_id FROM ledger_entries e
+        LEFT JOIN processed_events p ON p.ledger_entry_id = e.id
+        WHERE e.type = 'EARN' AND p.event_id IS NULL""",
+    "account_has_contact": """
+        SELECT a.id AS account_id, a.contact_id FROM accounts a
+        LEFT JOIN contacts c ON c.contact_id = a.contact_id WHERE c.contact_id IS NULL""",
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, UUID | Decimal):
+        return str(value) if isinstance(value, UUID) else int(value)
+    return value
+
+
+def _uuid(value: str, what: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise AccountNotFound(f"{what} {value!r} is not a UUID") from None
+
+
+def _rule(row: Mapping[Any, Any]) -> EarnRule:
+    return EarnRule(**{k: row[k] for k in (
+        "id", "name", "trigger", "kind", "points", "money_amount", "currency", "status", "revision"
+    )})
+
+
+def _check_name(name: str) -> None:
+    if not 1 <= len(name) <= 100:
+        raise RuleError("name must be 1 to 100 characters")
+
+
+def _rule_conflict(exc: LedgerIntegrityError) -> RuleError:
+    if "uq_earn_rules_one_active" in str(exc):
+        return RuleError(
+            "another ACTIVE rule already exists for this trigger and currency: pause it first"
+        )
+    return RuleError(str(exc))
+
+
+__all__ = ["EventOutcome", "Ledger", "LedgerIntegrityError"]

@@ -1,0 +1,96 @@
+"""Producer helper: publish events exactly as any Celery client would.
+
+It needs no worker code and no database: the payload is checked against the
+public contract before it leaves, then sent with `send_task` as JSON.
+
+    from loyalty.publish import Publisher
+    with Publisher("redis://127.0.0.1:6379/0") as publisher:
+        publisher.order_completed(contact_id="c-1", order_id="o-1", total="49.90", currency="USD")
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+from pydantic import ValidationError
+
+from loyalty.errors import InvalidPayload, PublishError
+from schemas.events import TASKS, describe_errors
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Publisher:
+    def __init__(self, broker_url: str | None = None, result_backend: str | None = None) -> None:
+        if broker_url is None or result_backend is None:
+            from loyalty.settings import Settings
+
+            settings = Settings.from_env()
+            broker_url = broker_url or settings.broker_url
+            result_backend = result_backend or settings.result_backend
+        self.app = Celery("loyalty-producer", broker=broker_url, backend=result_backend,
+                          set_as_current=False)
+        self.app.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            result_accept_content=["json"],
+            broker_connection_retry_on_startup=True,
+            broker_connection_max_retries=3,
+        )
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.app.close()
+
+    def send(self, task_name: str, payload: dict[str, Any]) -> AsyncResult:
+        """Validate `payload` against the task's contract, then publish it."""
+        if task_name not in TASKS:
+            raise InvalidPayload(f"unknown task {task_name!r}; known: {', '.join(TASKS)}")
+        queue, model = TASKS[task_name]
+        try:
+            model.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidPayload(describe_errors(exc)) from None
+        try:
+            return self.app.send_task(task_name, args=[payload], queue=queue, serializer="json")
+        except Exception as exc:
+            raise PublishError(f"could not publish {task_name}: {exc}") from exc
+
+    def signup(self, *, contact_id: str, event_id: str | None = None,
+               member_id: str | None = None, email: str | None = None, name: str | None = None,
+               occurred_at: str | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"event_id": event_id or str(uuid.uuid4()),
+                                   "contact_id": contact_id, "occurred_at": occurred_at or _now()}
+        for key, value in (("member_id", member_id), ("email", email), ("name", name)):
+            if value is not None:
+                payload[key] = value
+        return self._sent("loyalty.events.signup", payload)
+
+    def order_completed(self, *, contact_id: str, order_id: str, total: str | Decimal,
+                        currency: str, event_id: str | None = None,
+                        occurred_at: str | None = None) -> dict[str, Any]:
+        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+                   "order_id": order_id, "total": str(total), "currency": currency,
+                   "occurred_at": occurred_at or _now()}
+        return self._sent("loyalty.events.order_completed", payload)
+
+    def adjust_points(self, **payload: Any) -> AsyncResult:
+        payload = {k: v for k, v in payload.items() if v is not None}
+        payload.setdefault("request_id", str(uuid.uuid4()))
+        return self.send("loyalty.accounts.adjust_points", payload)
+
+    def _sent(self, task_name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        message = self.send(task_name, payload)
+        return {"task": task_name, "message_id": message.id, "payload": payload}

@@ -1,0 +1,125 @@
+"""The JSON shapes of the public contract, built from database rows.
+
+Pure functions: the CLI, task results and tests all print through these, so an
+account looks the same everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from loyalty.errors import LoyaltyError
+
+
+class InvalidCursor(LoyaltyError):
+    reason = "invalid_cursor"
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def account_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "contact_id": row["contact_id"],
+        "member_id": row["member_id"],
+        "points": {
+            "balance": row["balance"],
+            "earned": row["earned"],
+            "adjusted": row["adjusted"],
+            "redeemed": row["redeemed"],
+            "expired": row["expired"],
+        },
+        "revision": row["revision"],
+        "created_at": _ts(row["created_at"]),
+        "updated_at": _ts(row["updated_at"]),
+        "last_activity_at": _ts(row["last_activity_at"]),
+    }
+
+
+def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    source: dict[str, Any]
+    if row["type"] == "EARN":
+        source = {
+            "event_type": row["event_type"],
+            "event_id": row["event_id"],
+            "order_id": row["order_id"],
+            "rule_id": row["rule_id"],
+            "rule_revision": row["rule_revision"],
+        }
+    elif row["type"] == "ADJUST":
+        source = {
+            "actor": row["actor"],
+            "balance_before": row["balance_before"],
+            "balance_after": row["balance_after"],
+        }
+    else:
+        source = {}
+    return {
+        "id": str(row["id"]),
+        "account_id": str(row["account_id"]),
+        "type": row["type"],
+        "amount": row["amount"],
+        "balance_after": row["balance_after"],
+        "description": row["description"],
+        "idempotency_key": row["idempotency_key"],
+        "source": source,
+        "created_at": _ts(row["created_at"]),
+    }
+
+
+def rule_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    money: Decimal | None = row["money_amount"]
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "trigger": row["trigger"],
+        "kind": row["kind"],
+        "points": row["points"],
+        "money_amount": format(money.normalize(), "f") if money is not None else None,
+        "currency": row["currency"],
+        "status": row["status"],
+        "revision": row["revision"],
+        "created_at": _ts(row["created_at"]),
+        "updated_at": _ts(row["updated_at"]),
+    }
+
+
+def dead_letter_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "task_name": row["task_name"],
+        "message_id": row["message_id"],
+        "reason": row["reason"],
+        "error_detail": row["error_detail"],
+        "attempts": row["attempts"],
+        "status": row["status"],
+        "first_failed_at": _ts(row["first_failed_at"]),
+        "last_failed_at": _ts(row["last_failed_at"]),
+        "payload": row["payload"],
+        "headers": row["headers"],
+        "replay_outcome": row["replay_outcome"],
+        "discarded_by": row["discarded_by"],
+        "discard_reason": row["discard_reason"],
+    }
+
+
+def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor(f"invalid cursor {cursor!r}: pass a next_cursor printed by a list") from None

@@ -1,0 +1,1 @@
+"""Thin Celery task entry points; the names are the public contract."""

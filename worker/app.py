@@ -1,0 +1,70 @@
+"""The Celery application: `celery -A worker worker` and `loyalty worker` both start it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from celery import Celery, signals
+
+from loyalty import db
+from loyalty.errors import LoyaltyError
+from loyalty.ledger import Ledger
+from loyalty.settings import Settings
+from worker import logging as loyalty_logging
+from worker.config import celery_config
+
+log = logging.getLogger("loyalty.worker")
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("loyalty", include=["tasks.events", "tasks.accounts"])
+    app.conf.update(celery_config(settings))
+    app.conf.loyalty_settings = settings
+    return app
+
+
+app = create_app()
+
+
+def settings() -> Settings:
+    configured: Settings = app.conf.loyalty_settings
+    return configured
+
+
+def ledger() -> Ledger:
+    """This process's ledger; the engine behind it is created after the fork, per process."""
+    s = settings()
+    return Ledger(db.get_engine(s.database_url, s.db_pool_size))
+
+
+@signals.worker_init.connect
+def _refuse_unmigrated_database(**_: Any) -> None:
+    s = settings()
+    try:
+        db.ensure_migrated(db.get_engine(s.database_url, s.db_pool_size))
+    except LoyaltyError as exc:
+        log.critical("worker not started: %s", exc)
+        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.flush()
+        # Celery logs and swallows exceptions raised by signal handlers, so leave now.
+        raise SystemExit(3) from None
+    except Exception as exc:
+        sys.stderr.write(f"error: cannot reach the database: {exc}\n")
+        raise SystemExit(3) from None
+    finally:
+        # Never hand the check's connections down to forked children.
+        db.dispose_all()
+
+
+@signals.worker_process_init.connect
+def _fresh_engines_after_fork(**_: Any) -> None:
+    db.dispose_all()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _structured_logs(logger: logging.Logger, **_: Any) -> None:
+    loyalty_logging.configure(logger, settings())
