@@ -57,7 +57,7 @@ def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
         log.exception("unexpected failure", extra={"task": task.name, "task_id": task.request.id})
         return dead_letter(task, args, kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
     payload = result.as_dict() if hasattr(result, "as_dict") else result
-    log.info("applied", extra={"task": task.name, "task_id": task.request.id, "result": payload})
+    log.info("processed", extra={"task": task.name, "task_id": task.request.id, "result": payload})
     return payload
 
 
