@@ -102,11 +102,15 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
+@click.option("--create-database", is_flag=True,
+              help="Create the database first if it does not exist.")
 @pass_ctx
-def db_upgrade(ctx: Context, revision: str) -> None:
+def db_upgrade(ctx: Context, revision: str, create_database: bool) -> None:
     """Apply the Alembic migrations."""
     engine = db.get_engine(ctx.settings.database_url)
     try:
+        if create_database and db.create_database_if_missing(ctx.settings.database_url):
+            click.echo(f"created database {mask_url(ctx.settings.database_url)}")
         db.upgrade(engine, revision)
     except Exception as exc:
         raise _database_error(exc) from None

@@ -15,8 +15,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from loyalty.errors import NotMigratedError, SettingsError
 
@@ -58,6 +59,29 @@ def _create(database_url: str, pool_size: int) -> Engine:
         pool_recycle=1800,
         connect_args={"connect_timeout": 10, "application_name": "loyalty"},
     )
+
+
+def create_database_if_missing(database_url: str) -> bool:
+    """Create the URL's database through the server's `postgres` database; True if created."""
+    url = make_url(database_url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    name = url.database
+    if not name:
+        raise SettingsError("LOYALTY_DATABASE_URL names no database")
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                          poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                  {"n": name}).first()
+            if exists:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote(name)
+            conn.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        admin.dispose()
 
 
 def dispose_all() -> None:

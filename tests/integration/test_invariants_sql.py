@@ -21,9 +21,8 @@ def account_id(ledger: Ledger) -> str:
 
 
 def refused(raw: psycopg.Connection, sql: str, params: tuple = ()) -> str:
-    with pytest.raises(psycopg.errors.IntegrityError) as info:
-        with raw.transaction():
-            raw.execute(sql, params)
+    with pytest.raises(psycopg.errors.IntegrityError) as info, raw.transaction():
+        raw.execute(sql, params)
     return str(info.value)
 
 
@@ -79,26 +78,24 @@ def test_revision_moves_by_exactly_one(raw: psycopg.Connection, account_id: str)
 
 def test_order_earns_once_per_account_even_in_raw_sql(raw: psycopg.Connection,
                                                       account_id: str) -> None:
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        with raw.transaction():
-            raw.execute("UPDATE accounts SET balance = balance + 10, earned = earned + 10, "
-                        "revision = revision + 1 WHERE id = %s", (account_id,))
-            raw.execute(
-                "INSERT INTO ledger_entries (account_id, type, amount, balance_after, "
-                "idempotency_key, event_type, event_id, order_id, rule_id, rule_revision) "
-                "VALUES (%s, 'EARN', 10, 120, 'event:other', 'order.completed', 'other', 'A', 2, 1)",
-                (account_id,))
+    with pytest.raises(psycopg.errors.UniqueViolation), raw.transaction():
+        raw.execute("UPDATE accounts SET balance = balance + 10, earned = earned + 10, "
+                    "revision = revision + 1 WHERE id = %s", (account_id,))
+        raw.execute(
+            "INSERT INTO ledger_entries (account_id, type, amount, balance_after, "
+            "idempotency_key, event_type, event_id, order_id, rule_id, rule_revision) "
+            "VALUES (%s, 'EARN', 10, 120, 'event:other', 'order.completed', 'other', 'A', 2, 1)",
+            (account_id,))
 
 
 def test_second_signup_earn_is_refused(raw: psycopg.Connection, account_id: str) -> None:
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        with raw.transaction():
-            raw.execute("UPDATE accounts SET balance = balance + 100, earned = earned + 100, "
-                        "revision = revision + 1 WHERE id = %s", (account_id,))
-            raw.execute(
-                "INSERT INTO ledger_entries (account_id, type, amount, balance_after, "
-                "idempotency_key, event_type, event_id, rule_id, rule_revision) "
-                "VALUES (%s, 'EARN', 100, 210, 'event:s2', 'signup', 's2', 1, 1)", (account_id,))
+    with pytest.raises(psycopg.errors.UniqueViolation), raw.transaction():
+        raw.execute("UPDATE accounts SET balance = balance + 100, earned = earned + 100, "
+                    "revision = revision + 1 WHERE id = %s", (account_id,))
+        raw.execute(
+            "INSERT INTO ledger_entries (account_id, type, amount, balance_after, "
+            "idempotency_key, event_type, event_id, rule_id, rule_revision) "
+            "VALUES (%s, 'EARN', 100, 210, 'event:s2', 'signup', 's2', 1, 1)", (account_id,))
 
 
 @pytest.mark.parametrize(("column", "value"), [

@@ -1,0 +1,137 @@
+"""Real worker processes, started the way an operator starts them: `loyalty worker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_HOST, RUN_ID, drop_database, fresh_database, require
+
+BIN = Path(sys.executable).parent
+LOYALTY = str(BIN / "loyalty")
+
+
+@pytest.fixture(scope="session")
+def redis_index() -> Iterator[int]:
+    """A Redis database of its own for this run, so parallel runs never steal messages."""
+    require(REDIS_HOST, 6379, "Redis")
+    for index in range(2, 16):
+        client = redis.Redis(host=REDIS_HOST, port=6379, db=index)
+        if client.set("loyalty-test-lock", RUN_ID, nx=True, ex=3600):
+            client.flushdb()
+            client.set("loyalty-test-lock", RUN_ID, ex=3600)
+            yield index
+            client.flushdb()
+            client.close()
+            return
+        client.close()
+    pytest.fail("no free Redis database between 2 and 15 for this test run")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+class Env:
+    """Environment of one isolated deployment: its own database and broker namespace."""
+
+    def __init__(self, db_url: str, broker_url: str, result_backend: str, tmp: Path) -> None:
+        self.db_url = db_url
+        self.broker_url = broker_url
+        self.result_backend = result_backend
+        self.tmp = tmp
+        self.vars = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
+            "LOYALTY_DATABASE_URL": db_url,
+            "LOYALTY_BROKER_URL": broker_url,
+            "LOYALTY_RESULT_BACKEND": result_backend,
+            "LOYALTY_LOG_FORMAT": "json",
+        }
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        done = subprocess.run([LOYALTY, *args], env=self.vars, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"loyalty {' '.join(args)} exited {done.returncode}: "
+                                 f"{done.stderr.strip()}")
+        return done
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+
+class Worker:
+    def __init__(self, env: Env, concurrency: int = 2, name: str = "w1") -> None:
+        self.env = env
+        self.log = env.tmp / f"worker-{name}.log"
+        self.name = name
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        with self.log.open("ab") as handle:
+            self.proc = self._spawn(handle)
+        wait_for(lambda: self.proc.poll() is not None or b" ready." in self.log.read_bytes(),
+                 60, "the worker to be ready")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        return self
+
+    def _spawn(self, handle: Any) -> subprocess.Popen:
+        return subprocess.Popen(
+            [LOYALTY, "worker", "--concurrency", str(self.concurrency), "--hostname",
+             f"{self.name}-{RUN_ID}@%h", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            env=self.env.vars, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+
+@pytest.fixture(scope="module")
+def redis_env(template_db: str, redis_index: int,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    url = fresh_database(template_db)
+    env = Env(url, f"redis://{REDIS_HOST}:6379/{redis_index}",
+              f"redis://{REDIS_HOST}:6379/{redis_index}", tmp_path_factory.mktemp("e2e"))
+    yield env
+    drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def redis_worker(redis_env: Env) -> Iterator[Worker]:
+    worker = Worker(redis_env, concurrency=2).start()
+    yield worker
+    worker.stop()
