@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +12,20 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
-from tests.conftest import REDIS_HOST, RUN_ID, drop_database, fresh_database, require
+from tests.conftest import (
+    IN_CI,
+    RABBITMQ_URL,
+    REDIS_HOST,
+    RUN_ID,
+    drop_database,
+    fresh_database,
+    require,
+)
 
 BIN = Path(sys.executable).parent
 LOYALTY = str(BIN / "loyalty")
@@ -57,6 +67,7 @@ class Env:
         self.broker_url = broker_url
         self.result_backend = result_backend
         self.tmp = tmp
+        self.broker: Any = None
         self.vars = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
             "LOYALTY_DATABASE_URL": db_url,
@@ -120,18 +131,69 @@ class Worker:
         return lines
 
 
-@pytest.fixture(scope="module")
-def redis_env(template_db: str, redis_index: int,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of its own for this run."""
+    host, port = urlsplit(RABBITMQ_URL).hostname or "127.0.0.1", urlsplit(RABBITMQ_URL).port
+    require(host, port or 5672, "RabbitMQ")
+    if shutil.which("rabbitmqctl") is None:
+        if IN_CI:
+            pytest.fail("rabbitmqctl is needed to create a test vhost")
+        pytest.skip("rabbitmqctl is not installed")
+    vhost = f"loyalty-test-{RUN_ID}"
+    rabbitmqctl("add_vhost", vhost)
+    user = urlsplit(RABBITMQ_URL).username or "guest"
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    yield vhost
+    rabbitmqctl("delete_vhost", vhost)
+
+
+class Broker:
+    """Tells whether a broker's queues are empty, acknowledged messages included."""
+
+    def __init__(self, kind: str, url: str, vhost: str | None = None) -> None:
+        self.kind, self.url, self.vhost = kind, url, vhost
+
+    def pending(self) -> int:
+        if self.kind == "redis":
+            client = redis.Redis.from_url(self.url)
+            try:
+                return int(client.llen("loyalty.events") + client.llen("loyalty.admin")
+                           + client.hlen("unacked"))
+            finally:
+                client.close()
+        out = rabbitmqctl("list_queues", "-p", str(self.vhost), "--no-table-headers",
+                          "name", "messages")
+        return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: int,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """One deployment per broker; every test using it runs once on Redis and once on RabbitMQ."""
+    redis_url = f"redis://{REDIS_HOST}:6379/{redis_index}"
+    if request.param == "redis":
+        broker = Broker("redis", redis_url)
+    else:
+        vhost = request.getfixturevalue("rabbitmq_vhost")
+        broker = Broker("rabbitmq", f"{RABBITMQ_URL.rstrip('/')}/{vhost}", vhost)
     url = fresh_database(template_db)
-    env = Env(url, f"redis://{REDIS_HOST}:6379/{redis_index}",
-              f"redis://{REDIS_HOST}:6379/{redis_index}", tmp_path_factory.mktemp("e2e"))
+    env = Env(url, broker.url, redis_url, tmp_path_factory.mktemp(f"e2e-{request.param}"))
+    env.broker = broker
     yield env
     drop_database(url)
 
 
 @pytest.fixture(scope="module")
-def redis_worker(redis_env: Env) -> Iterator[Worker]:
-    worker = Worker(redis_env, concurrency=2).start()
+def running_worker(broker_env: Env) -> Iterator[Worker]:
+    worker = Worker(broker_env, concurrency=2).start()
     yield worker
     worker.stop()

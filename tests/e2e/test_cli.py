@@ -1,0 +1,128 @@
+"""The `loyalty` program as a subprocess, the way operators and scripts run it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import drop_database, fresh_database
+from tests.e2e.conftest import Env
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def env(template_db: str, redis_index: int, tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
+    url = fresh_database(template_db)
+    yield Env(url, f"redis://127.0.0.1:6379/{redis_index}",
+              f"redis://127.0.0.1:6379/{redis_index}", tmp_path)
+    drop_database(url)
+
+
+def test_rules_lifecycle(env: Env) -> None:
+    rules = env.cli_json("rules", "list")
+    assert [(r["trigger"], r["kind"], r["points"], r["money_amount"], r["status"])
+            for r in rules["items"]] == [("signup", "fixed", 100, None, "ACTIVE"),
+                                         ("order.completed", "conversion", 1, "1", "ACTIVE")]
+    assert rules["next_cursor"] is None
+    created = env.cli_json("rules", "create", "--name", "EUR double", "--trigger",
+                           "order.completed", "--kind", "conversion", "--points", "2",
+                           "--per", "1.00", "--currency", "EUR")
+    assert (created["currency"], created["revision"]) == ("EUR", 1)
+    updated = env.cli_json("rules", "update", str(created["id"]), "--points", "3",
+                           "--revision", "1")
+    assert (updated["points"], updated["revision"]) == (3, 2)
+    paused = env.cli_json("rules", "pause", str(created["id"]))
+    assert (paused["status"], paused["revision"]) == ("PAUSED", 3)
+    assert env.cli_json("rules", "resume", str(created["id"]))["status"] == "ACTIVE"
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["rules", "create", "--name", "x", "--trigger", "order.completed", "--kind", "conversion",
+      "--points", "1", "--per", "1"], 1, "another ACTIVE rule"),
+    (["rules", "create", "--name", "x", "--trigger", "signup", "--kind", "conversion",
+      "--points", "1", "--per", "1", "--paused"], 1, "signup rule"),
+    (["rules", "update", "99", "--points", "2"], 1, "no earn rule with id 99"),
+    (["rules", "update", "1", "--points", "2", "--revision", "5"], 1, "revision"),
+    (["rules", "update", "2", "--per", "abc"], 2, "not a decimal"),
+    (["accounts", "get", "--contact-id", "nobody"], 1, "no such loyalty account"),
+    (["accounts", "get", "--account-id", "not-a-uuid"], 1, "not a UUID"),
+    (["accounts", "get"], 2, "exactly one of"),
+    (["accounts", "list", "--cursor", "%%%"], 1, "invalid cursor"),
+    (["accounts", "list", "--limit", "0"], 2, "--limit"),
+    (["transactions", "list", "--contact-id", "x", "--type", "GIFT"], 2, "--type"),
+    (["adjust", "--contact-id", "x", "--amount", "1", "--balance", "2", "--description", "d",
+      "--actor", "a"], 2, "exactly one of"),
+    (["adjust", "--contact-id", "x", "--amount", "0", "--description", "d", "--actor", "a"], 1,
+     "amount must not be 0"),
+    (["publish", "order", "--contact-id", "c", "--order-id", "o", "--total", "-3",
+      "--currency", "USD"], 1, "total"),
+    (["publish", "order", "--contact-id", "c", "--order-id", "o", "--total", "3",
+      "--currency", "usd"], 1, "currency"),
+    (["no-such-command"], 2, "No such command"),
+])
+def test_bad_input_is_one_line_and_non_zero(env: Env, args: list[str], code: int,
+                                            message: str) -> None:
+    done = env.cli(*args, check=False)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_setting_and_unreachable_database_are_one_line(env: Env) -> None:
+    env.vars["LOYALTY_DATABSE_URL"] = "typo"
+    done = env.cli("totals", check=False)
+    assert (done.returncode, done.stderr.count("\n")) == (1, 1)
+    assert "unknown setting LOYALTY_DATABSE_URL" in done.stderr
+    del env.vars["LOYALTY_DATABSE_URL"]
+    env.vars["LOYALTY_DATABASE_URL"] = "postgresql+psycopg://postgres:secretpw@127.0.0.1:1/x"
+    done = env.cli("totals", check=False)
+    assert done.returncode == 1 and done.stderr.startswith("error:")
+    assert "secretpw" not in done.stderr + done.stdout
+
+
+def test_every_read_prints_one_json_document(env: Env) -> None:
+    for args in (["rules", "list"], ["accounts", "list"], ["totals"], ["verify"], ["dlq", "list"],
+                 ["db", "current"]):
+        done = env.cli(*args, "--json")
+        json.loads(done.stdout)  # exactly one document, nothing else on stdout
+    assert env.cli_json("totals") == {"points": {"balance": 0, "earned": 0, "adjusted": 0,
+                                                 "redeemed": 0, "expired": 0}, "accounts": 0}
+    assert env.cli_json("db", "current")["up_to_date"] is True
+
+
+def test_worker_refuses_an_unmigrated_database(env: Env, template_db: str) -> None:
+    empty = env.db_url.rsplit("/", 1)[0] + "/postgres"
+    env.vars["LOYALTY_DATABASE_URL"] = empty
+    done = env.cli("worker", check=False, timeout=60)
+    assert done.returncode == 3
+    assert "run `loyalty db upgrade` first" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_celery_command_also_refuses_an_unmigrated_database(env: Env) -> None:
+    import subprocess
+
+    from tests.e2e.conftest import BIN
+
+    env.vars["LOYALTY_DATABASE_URL"] = env.db_url.rsplit("/", 1)[0] + "/postgres"
+    done = subprocess.run([str(BIN / "celery"), "-A", "worker", "worker"], env=env.vars,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert "run `loyalty db upgrade` first" in done.stderr
+
+
+def test_db_upgrade_creates_and_migrates(env: Env, template_db: str) -> None:
+    target = env.db_url + "_new"
+    env.vars["LOYALTY_DATABASE_URL"] = target
+    try:
+        done = env.cli("db", "upgrade", "--create-database")
+        assert "created database" in done.stdout and "at revision 0001" in done.stdout
+        again = env.cli("db", "upgrade", "--create-database")
+        assert "created" not in again.stdout
+        assert env.cli_json("rules", "list")["items"]
+    finally:
+        drop_database(target)
