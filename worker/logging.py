@@ -23,7 +23,11 @@ class SecretMask(logging.Filter):
 
     def mask(self, text: str) -> str:
         for secret in self.secrets:
-            text = text.replace(secret, "***")
+            # Always inside a URL; bare only when long enough not to be an ordinary word
+            # (a password "loyalty" must not turn every task name into "***.events").
+            text = text.replace(f":{secret}@", ":***@")
+            if len(secret) >= 8:
+                text = text.replace(secret, "***")
         return text
 
 

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection that `loyalty.migrations_runner` hands it."""
+"""Alembic environment: runs on the connection that `loyalty.db.upgrade` hands it."""
 
 from alembic import context
 
