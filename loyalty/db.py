@@ -32,11 +32,7 @@ def get_engine(database_url: str, pool_size: int = 5) -> Engine:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                for (pid, url), inherited in list(_engines.items()):
-                    if pid != os.getpid():
-                        # Drop the parent's pool without closing its sockets under it.
-                        inherited.dispose(close=False)
-                        del _engines[(pid, url)]
+                _forget_inherited_locked()
                 engine = _create(database_url, pool_size)
                 _engines[key] = engine
     return engine
@@ -57,7 +53,9 @@ def _create(database_url: str, pool_size: int) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,  # a connection dropped by a server restart is replaced, not used
         pool_recycle=1800,
-        connect_args={"connect_timeout": 10, "application_name": "loyalty"},
+        # The pid names the process in pg_stat_activity, so an operator can tell which
+        # worker process holds a lock or runs a slow query.
+        connect_args={"connect_timeout": 10, "application_name": f"loyalty:{os.getpid()}"},
     )
 
 
@@ -82,6 +80,19 @@ def create_database_if_missing(database_url: str) -> bool:
             return True
     finally:
         admin.dispose()
+
+
+def forget_inherited() -> None:
+    """In a forked child: drop the parent's pools without closing the parent's sockets."""
+    with _lock:
+        _forget_inherited_locked()
+
+
+def _forget_inherited_locked() -> None:
+    for (pid, url), engine in list(_engines.items()):
+        if pid != os.getpid():
+            engine.dispose(close=False)
+            del _engines[(pid, url)]
 
 
 def dispose_all() -> None:

@@ -51,6 +51,16 @@ class RuleNotFound(LoyaltyError):
     reason = "rule_not_found"
 
 
+class DeadLetterNotFound(LoyaltyError):
+    reason = "dead_letter_not_found"
+
+
+class NotReplayable(LoyaltyError):
+    """A letter that no task can take: an unknown task, or a body that is not JSON."""
+
+    reason = "not_replayable"
+
+
 class TransientError(LoyaltyError):
     """The database could not be reached or asked us to try again; safe to retry."""
 

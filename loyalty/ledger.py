@@ -25,9 +25,12 @@ from loyalty.adjustments import decide_adjustment
 from loyalty.errors import (
     AccountNotFound,
     ContactConflict,
+    DeadLetterNotFound,
     IdempotencyConflict,
+    InvalidPayload,
     LoyaltyError,
     NoActiveRule,
+    NotReplayable,
     RuleError,
     RuleNotFound,
     TransientError,
@@ -40,9 +43,10 @@ from loyalty.tables import (
     dead_letters,
     earn_rules,
     ledger_entries,
+    message_crashes,
     processed_events,
 )
-from schemas.events import AdjustPointsRequest, OrderCompletedEvent, SignupEvent
+from schemas.events import AdjustPointsRequest, Contract, OrderCompletedEvent, SignupEvent
 
 T = TypeVar("T")
 
@@ -65,6 +69,14 @@ _RACE_CONSTRAINTS = frozenset(
 _ACCOUNT = select(accounts, contacts.c.member_id).join(
     contacts, contacts.c.contact_id == accounts.c.contact_id
 )
+
+
+class _Rollback(Exception):
+    """Carries a dry run's outcome out of a transaction that must not commit."""
+
+    def __init__(self, outcome: dict[str, Any]) -> None:
+        super().__init__("dry run")
+        self.outcome = outcome
 
 
 class LedgerIntegrityError(LoyaltyError):
@@ -128,6 +140,9 @@ class Ledger:
     # -- events ----------------------------------------------------------------
 
     def apply_signup(self, event: SignupEvent) -> EventOutcome:
+        return self._run(self._signup_work(event))
+
+    def _signup_work(self, event: SignupEvent) -> Callable[[Connection], EventOutcome]:
         fingerprint = event.fingerprint()
 
         def work(conn: Connection) -> EventOutcome:
@@ -185,9 +200,12 @@ class Ledger:
                                   "signup", None, rule.name)
             return self._record(conn, record, "earned", rule.points_for(), entry_id)
 
-        return self._run(work)
+        return work
 
     def apply_order(self, event: OrderCompletedEvent) -> EventOutcome:
+        return self._run(self._order_work(event))
+
+    def _order_work(self, event: OrderCompletedEvent) -> Callable[[Connection], EventOutcome]:
         fingerprint = event.fingerprint()
 
         def work(conn: Connection) -> EventOutcome:
@@ -223,7 +241,7 @@ class Ledger:
                                   "order.completed", event.order_id, f"Order {event.order_id}")
             return self._record(conn, record, "earned", points, entry_id)
 
-        return self._run(work)
+        return work
 
     def _seen_event(self, conn: Connection, event_id: str, fingerprint: str) -> EventOutcome | None:
         row = conn.execute(
@@ -295,6 +313,9 @@ class Ledger:
 
     def adjust_points(self, request: AdjustPointsRequest) -> dict[str, Any]:
         """Apply or reject one staff adjustment; a repeated request_id returns its first result."""
+        return self._run(self._adjust_work(request))
+
+    def _adjust_work(self, request: AdjustPointsRequest) -> Callable[[Connection], dict[str, Any]]:
         fingerprint = request.fingerprint()
 
         def previous(conn: Connection) -> dict[str, Any] | None:
@@ -357,7 +378,16 @@ class Ledger:
             )
             return result
 
-        return self._run(work)
+        return work
+
+    def _work_for(self, message: Contract) -> Callable[[Connection], Any]:
+        if isinstance(message, SignupEvent):
+            return self._signup_work(message)
+        if isinstance(message, OrderCompletedEvent):
+            return self._order_work(message)
+        if isinstance(message, AdjustPointsRequest):
+            return self._adjust_work(message)
+        raise NotReplayable(f"{type(message).__name__} is not a ledger message")
 
     def _adjust(self, conn: Connection, account: Mapping[Any, Any], delta: int, balance_after: int,
                 request: AdjustPointsRequest) -> UUID:
@@ -562,6 +592,122 @@ class Ledger:
         ).returning(dead_letters.c.id)
         letter_id: int = self._run(lambda conn: conn.execute(statement).scalar_one())
         return letter_id
+
+    def dead_letter(self, letter_id: int) -> dict[str, Any]:
+        row = self._read(lambda conn: conn.execute(
+            select(dead_letters).where(dead_letters.c.id == letter_id)).mappings().first())
+        if row is None:
+            raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
+        return views.dead_letter_json(row)
+
+    def dead_letter_stats(self) -> dict[str, Any]:
+        query = (select(dead_letters.c.reason, dead_letters.c.status, func.count())
+                 .group_by(dead_letters.c.reason, dead_letters.c.status)
+                 .order_by(dead_letters.c.reason, dead_letters.c.status))
+        rows = self._read(lambda conn: conn.execute(query).all())
+        by_reason: dict[str, dict[str, int]] = {}
+        by_status = dict.fromkeys(("pending", "replayed", "discarded"), 0)
+        for reason, status, count in rows:
+            by_reason.setdefault(reason, dict.fromkeys(by_status, 0))[status] = count
+            by_status[status] += count
+        return {"by_reason": by_reason, "by_status": by_status, "total": sum(by_status.values())}
+
+    def pending_dead_letter_ids(self, *, ids: list[int] | None = None, reason: str | None = None,
+                                since: datetime | None = None, limit: int = 100_000) -> list[int]:
+        """The pending letters a replay would take, oldest first."""
+        query = (select(dead_letters.c.id).where(dead_letters.c.status == "pending")
+                 .order_by(dead_letters.c.id).limit(limit))
+        if ids is not None:
+            query = query.where(dead_letters.c.id.in_(ids))
+        if reason is not None:
+            query = query.where(dead_letters.c.reason == reason)
+        if since is not None:
+            query = query.where(dead_letters.c.first_failed_at >= since)
+        return list(self._read(lambda conn: conn.execute(query).scalars().all()))
+
+    def replay_dead_letter(self, letter_id: int, decode: Callable[[Mapping[Any, Any]], Contract],
+                           *, dry_run: bool = False, actor: str | None = None) -> dict[str, Any]:
+        """Run a pending letter through its original task's unit of work.
+
+        The ledger write and the letter's change to `replayed` commit together, so a
+        letter is never marked replayed without its effect, nor applied twice by two
+        operators replaying at once. A dry run does all the work, then rolls it back.
+        """
+        report: dict[str, Any] = {"id": letter_id}
+
+        def work(conn: Connection) -> dict[str, Any]:
+            letter = conn.execute(
+                select(dead_letters).where(dead_letters.c.id == letter_id).with_for_update()
+            ).mappings().first()
+            if letter is None:
+                raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
+            report["task_name"] = letter["task_name"]
+            if letter["status"] != "pending":
+                return {**report, "result": "skipped", "reason": f"letter is {letter['status']}"}
+            message = decode(letter)
+            effect = self._work_for(message)(conn)
+            effect = effect.as_dict() if isinstance(effect, EventOutcome) else effect
+            outcome = {**report, "result": "would_replay" if dry_run else "replayed",
+                       "effect": effect}
+            if dry_run:
+                raise _Rollback(outcome)
+            conn.execute(update(dead_letters).where(dead_letters.c.id == letter_id).values(
+                status="replayed", replayed_at=func.now(),
+                replay_outcome={**outcome, "actor": actor}))
+            return outcome
+
+        try:
+            return self._run(work)
+        except _Rollback as done:
+            return done.outcome
+        except (DeadLetterNotFound, TransientError):
+            raise
+        except LoyaltyError as exc:
+            failed = {**report, "result": "would_fail" if dry_run else "failed",
+                      "reason": exc.reason, "detail": str(exc)}
+            if not dry_run:
+                again = (update(dead_letters)
+                         .where(dead_letters.c.id == letter_id, dead_letters.c.status == "pending")
+                         .values(attempts=dead_letters.c.attempts + 1, last_failed_at=func.now(),
+                                 reason=exc.reason, error_detail=str(exc)[:4000],
+                                 replay_outcome={**failed, "actor": actor}))
+                self._run(lambda conn: conn.execute(again))
+            return failed
+
+    def discard_dead_letter(self, letter_id: int, *, why: str, actor: str) -> dict[str, Any]:
+        """Keep the letter, but mark it as deliberately not to be replayed, and by whom."""
+        if not why.strip() or not actor.strip():
+            raise InvalidPayload("a discard needs a reason (--why) and an actor (--actor)")
+
+        def work(conn: Connection) -> Mapping[Any, Any]:
+            row = conn.execute(
+                update(dead_letters)
+                .where(dead_letters.c.id == letter_id, dead_letters.c.status == "pending")
+                .values(status="discarded", discarded_at=func.now(), discarded_by=actor,
+                        discard_reason=why)
+                .returning(dead_letters)
+            ).mappings().first()
+            if row is None:
+                current = conn.execute(select(dead_letters.c.status).where(
+                    dead_letters.c.id == letter_id)).scalar()
+                if current is None:
+                    raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
+                raise InvalidPayload(f"dead letter {letter_id} is {current}, not pending")
+            return row
+
+        return views.dead_letter_json(self._run(work))
+
+    def record_crash(self, message_id: str, task_name: str | None, error: str) -> int:
+        """Count one more time this message took its worker process down; returns the count."""
+        ins = pg_insert(message_crashes).values(message_id=message_id, task_name=task_name,
+                                                crashes=1, last_error=error[:2000])
+        statement = ins.on_conflict_do_update(
+            index_elements=[message_crashes.c.message_id],
+            set_={"crashes": message_crashes.c.crashes + 1, "last_error": ins.excluded.last_error,
+                  "last_crashed_at": func.now()},
+        ).returning(message_crashes.c.crashes)
+        crashes: int = self._run(lambda conn: conn.execute(statement).scalar_one())
+        return crashes
 
     def list_dead_letters(self, *, reason: str | None = None, status: str | None = None,
                           since: datetime | None = None, limit: int = 50,

@@ -38,6 +38,15 @@ class Settings:
     max_retries: int = 8
     #: Upper bound of the exponential retry delay, in seconds.
     retry_backoff_max: int = 120
+    #: Retries of an order whose contact has no account yet (its signup may be in
+    #: flight) before it is dead-lettered as account_not_found.
+    not_found_retries: int = 5
+    #: First delay of those retries, in seconds; it doubles each time (with jitter),
+    #: so the defaults wait about 8 + 16 + 32 + 64 + 120 seconds at most.
+    not_found_backoff: float = 8.0
+    #: Times a message may kill its worker process (or hit the hard time limit)
+    #: before it is dead-lettered as poison instead of being delivered again.
+    poison_deliveries: int = 3
     #: Seconds that adjust_points results are kept in the result backend.
     result_expires: int = 86400
     #: Connections per worker process.
@@ -45,6 +54,12 @@ class Settings:
     log_level: str = "INFO"
     #: "json" for one JSON object per line, "text" for humans.
     log_format: Literal["json", "text"] = "json"
+    #: Optional Celery message signing (the "auth" serializer): paths to this
+    #: worker's private key, its certificate, and a folder of trusted certificates.
+    #: All three or none. When set, unsigned messages are refused and dead-lettered.
+    security_key: str = ""
+    security_certificate: str = ""
+    security_cert_store: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +75,11 @@ class Settings:
             default = known[name].default
             if isinstance(default, bool):
                 values[name] = raw.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, float):
+                try:
+                    values[name] = float(raw)
+                except ValueError:
+                    raise SettingsError(f"{key} must be a number, got {raw!r}") from None
             elif isinstance(default, int):
                 try:
                     values[name] = int(raw)
@@ -81,11 +101,28 @@ class Settings:
         for name in ("task_time_limit", "prefetch_multiplier", "db_pool_size", "result_expires"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
-        if self.max_retries < 0:
-            raise SettingsError("LOYALTY_MAX_RETRIES must not be negative")
+        for name in ("max_retries", "not_found_retries"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must not be negative")
+        if self.poison_deliveries < 1:
+            raise SettingsError("LOYALTY_POISON_DELIVERIES must be at least 1")
+        if not 0 < self.not_found_backoff <= self.retry_backoff_max:
+            raise SettingsError("LOYALTY_NOT_FOUND_BACKOFF must be above 0 and at most "
+                                "LOYALTY_RETRY_BACKOFF_MAX")
+        if self.retry_backoff_max >= self.visibility_timeout:
+            # A retry is held unacknowledged until due; longer than this, Redis re-delivers it.
+            raise SettingsError("LOYALTY_RETRY_BACKOFF_MAX must be below LOYALTY_VISIBILITY_TIMEOUT")
+        signing = (self.security_key, self.security_certificate, self.security_cert_store)
+        if any(signing) and not all(signing):
+            raise SettingsError("message signing needs LOYALTY_SECURITY_KEY, "
+                                "LOYALTY_SECURITY_CERTIFICATE and LOYALTY_SECURITY_CERT_STORE")
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
             raise SettingsError(f"LOYALTY_BROKER_URL scheme {scheme!r} is not supported")
+
+    @property
+    def signing(self) -> bool:
+        return bool(self.security_key)
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -226,12 +226,31 @@ dead_letters = Table(
     Column("replay_outcome", JSONB, nullable=True),
     Column("discarded_by", Text, nullable=True),
     Column("discard_reason", Text, nullable=True),
+    Column("replayed_at", DateTime(timezone=True), nullable=True),
+    Column("discarded_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("status IN ('pending', 'replayed', 'discarded')", name="status_known"),
     CheckConstraint("attempts >= 1", name="attempts_positive"),
     Index("uq_dead_letters_message_id", "message_id", unique=True,
           postgresql_where=text("message_id IS NOT NULL")),
     Index("ix_dead_letters_reason_status", "reason", "status"),
     Index("ix_dead_letters_status_id", "status", "id"),
+    CheckConstraint("(status = 'discarded') = (discarded_at IS NOT NULL AND discarded_by IS NOT NULL"
+                    " AND discard_reason IS NOT NULL)", name="discard_is_explained"),
+    CheckConstraint("status <> 'replayed' OR replayed_at IS NOT NULL", name="replay_has_time"),
+)
+
+#: How often a message killed its worker process (or hit the hard time limit).
+#: Written only on that path, so the normal path pays nothing for poison detection.
+message_crashes = Table(
+    "message_crashes",
+    metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("task_name", Text, nullable=True),
+    Column("crashes", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    _ts("first_crashed_at"),
+    _ts("last_crashed_at"),
+    CheckConstraint("crashes >= 1", name="crashes_positive"),
 )
 
 __all__ = [
@@ -242,6 +261,7 @@ __all__ = [
     "dead_letters",
     "earn_rules",
     "ledger_entries",
+    "message_crashes",
     "metadata",
     "processed_events",
 ]

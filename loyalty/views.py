@@ -107,6 +107,8 @@ def dead_letter_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "replay_outcome": row["replay_outcome"],
         "discarded_by": row["discarded_by"],
         "discard_reason": row["discard_reason"],
+        "replayed_at": _ts(row["replayed_at"]),
+        "discarded_at": _ts(row["discarded_at"]),
     }
 
 

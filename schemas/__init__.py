@@ -5,8 +5,11 @@ from schemas.events import (
     AdjustPointsRequest,
     Contract,
     OrderCompletedEvent,
+    PayloadError,
+    ReplayRequest,
     SignupEvent,
     json_schema,
+    parse_task_args,
 )
 
 __all__ = [
@@ -14,6 +17,9 @@ __all__ = [
     "AdjustPointsRequest",
     "Contract",
     "OrderCompletedEvent",
+    "PayloadError",
+    "ReplayRequest",
     "SignupEvent",
     "json_schema",
+    "parse_task_args",
 ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeVar
 from uuid import UUID
 
 from pydantic import (
@@ -159,12 +160,55 @@ class AdjustPointsRequest(Contract):
         return self
 
 
+C = TypeVar("C", bound=Contract)
+
+
+class ReplayRequest(Contract):
+    """Payload of `loyalty.deadletters.replay`: which pending dead letters to replay."""
+
+    model_config = ConfigDict(
+        title="loyalty.deadletters.replay",
+        json_schema_extra={"oneOf": [{"required": ["ids"]}, {"required": ["reason"]},
+                                     {"required": ["since"]}, {"required": ["all"]}]},
+    )
+
+    ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=10_000)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    since: Timestamp | None = None
+    all: bool | None = None
+    dry_run: bool = False
+    limit: Annotated[int, Field(ge=1, le=1_000_000)] = 100_000
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> Self:
+        chosen = [self.ids is not None, self.reason is not None, self.since is not None,
+                  bool(self.all)]
+        if sum(chosen) != 1:
+            raise ValueError("give exactly one of ids, reason, since and all (true)")
+        return self
+
+
 # Task name -> (queue, payload model): the whole public contract in one table.
 TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.events.signup": ("loyalty.events", SignupEvent),
     "loyalty.events.order_completed": ("loyalty.events", OrderCompletedEvent),
     "loyalty.accounts.adjust_points": ("loyalty.admin", AdjustPointsRequest),
+    "loyalty.deadletters.replay": ("loyalty.admin", ReplayRequest),
 }
+
+
+class PayloadError(ValueError):
+    """A message that does not follow the contract; the text says how."""
+
+
+def parse_task_args(model: type[C], args: Sequence[Any], kwargs: Mapping[str, Any]) -> C:
+    """The contract: exactly one positional argument, a JSON object valid for `model`."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], dict):
+        raise PayloadError("the task takes exactly one positional argument, a JSON object")
+    try:
+        return model.model_validate(args[0])
+    except ValidationError as exc:
+        raise PayloadError(describe_errors(exc)) from None
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 
 from loyalty import db
 from loyalty.errors import LoyaltyError
@@ -18,11 +18,25 @@ from worker.config import celery_config
 log = logging.getLogger("loyalty.worker")
 
 
+class LoyaltyTask(Task):
+    #: Failures outside the task body (crashes, unpackable bodies) are handled here.
+    Request = "worker.request:LoyaltyRequest"
+    #: Retries are bounded by our own policy (worker.execution), not Celery's default of 3.
+    max_retries = None
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("loyalty", include=["tasks.events", "tasks.accounts"])
+    app = Celery("loyalty", include=["tasks.events", "tasks.accounts", "tasks.deadletters"],
+                 task_cls=LoyaltyTask)
     app.conf.update(celery_config(settings))
     app.conf.loyalty_settings = settings
+    if settings.signing:
+        # Only messages signed by a trusted certificate are accepted; JSON inside.
+        app.setup_security(allowed_serializers=["json"], key=settings.security_key,
+                           cert=settings.security_certificate,
+                           store=settings.security_cert_store, digest="sha256",
+                           serializer="json")
     return app
 
 
@@ -61,7 +75,7 @@ def _refuse_unmigrated_database(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _fresh_engines_after_fork(**_: Any) -> None:
-    db.dispose_all()
+    db.forget_inherited()
 
 
 @signals.after_setup_logger.connect

@@ -42,8 +42,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "loyalty.events.*": {"queue": EVENTS_QUEUE},
             "loyalty.accounts.*": {"queue": ADMIN_QUEUE},
+            "loyalty.deadletters.*": {"queue": ADMIN_QUEUE},
         },
         "worker_send_task_events": False,
+        # Unreadable messages go to the dead-letter table instead of being deleted.
+        "worker_consumer": "worker.consumer:DeadLetteringConsumer",
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "enable_utc": True,

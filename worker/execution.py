@@ -3,6 +3,14 @@
 Tasks stay one line long; the policy lives here once. Nothing is dropped:
 anything that is not applied is either retried or written to the dead-letter
 table with the reason, and no exception escapes to crash a worker process.
+
+| failure                    | what happens                                              |
+|----------------------------|-----------------------------------------------------------|
+| invalid payload            | dead-lettered at once, never retried                      |
+| account not found          | retried (LOYALTY_NOT_FOUND_RETRIES), then dead-lettered   |
+| transient (database down)  | retried (LOYALTY_MAX_RETRIES), then `retries_exhausted`   |
+| idempotency conflict, etc. | dead-lettered at once                                     |
+| a bug                      | dead-lettered as `internal_error`                         |
 """
 
 from __future__ import annotations
@@ -13,12 +21,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
-from pydantic import ValidationError
+from celery.exceptions import SoftTimeLimitExceeded
 
-from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
+from loyalty.errors import AccountNotFound, InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import Ledger
 from loyalty.retry import backoff_seconds, should_retry
-from schemas.events import Contract, describe_errors
+from schemas.events import Contract, PayloadError, parse_task_args
 from worker.app import ledger, settings
 
 log = logging.getLogger("loyalty.tasks")
@@ -26,30 +34,25 @@ log = logging.getLogger("loyalty.tasks")
 M = TypeVar("M", bound=Contract)
 
 
-def parse(model: type[M], args: tuple[Any, ...], kwargs: dict[str, Any]) -> M:
-    """The contract: exactly one positional argument, a JSON object valid for `model`."""
-    if kwargs or len(args) != 1 or not isinstance(args[0], dict):
-        raise InvalidPayload("the task takes exactly one positional argument, a JSON object")
-    try:
-        return model.model_validate(args[0])
-    except ValidationError as exc:
-        raise InvalidPayload(describe_errors(exc)) from None
-
-
 def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Apply one message; on failure retry or dead-letter, and return a JSON-able result."""
+    retries = task.request.retries or 0
     try:
-        message = parse(model, args, kwargs)
+        try:
+            message = parse_task_args(model, args, kwargs)
+        except PayloadError as exc:
+            raise InvalidPayload(str(exc)) from None
         result = apply(ledger(), message)
-    except TransientError as exc:
-        retries = task.request.retries or 0
+    except AccountNotFound as exc:
+        # Often the signup is still in flight: wait for it before giving up.
+        if should_retry(retries, settings().not_found_retries):
+            return retry(task, exc, backoff_seconds(retries, cap=settings().retry_backoff_max,
+                                                    base=settings().not_found_backoff))
+        return dead_letter(task, args, kwargs, exc.reason, str(exc))
+    except (TransientError, SoftTimeLimitExceeded) as exc:
         if should_retry(retries, settings().max_retries):
-            delay = backoff_seconds(retries, cap=settings().retry_backoff_max)
-            log.warning("transient failure, retrying", extra={
-                "task": task.name, "task_id": task.request.id, "retries": retries,
-                "delay_s": delay, "error": str(exc)})
-            raise task.retry(countdown=delay, max_retries=settings().max_retries) from None
+            return retry(task, exc, backoff_seconds(retries, cap=settings().retry_backoff_max))
         return dead_letter(task, args, kwargs, "retries_exhausted", str(exc))
     except LoyaltyError as exc:
         return dead_letter(task, args, kwargs, exc.reason, str(exc))
@@ -61,11 +64,20 @@ def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
     return payload
 
 
+def retry(task: Task, exc: BaseException, delay: float) -> Any:
+    log.warning("not applied yet, retrying", extra={
+        "task": task.name, "task_id": task.request.id, "retries": task.request.retries,
+        "delay_s": delay, "error": str(exc)})
+    raise task.retry(countdown=delay, max_retries=None)
+
+
 def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str,
                 detail: str) -> dict[str, Any]:
     request = task.request
-    body = json.dumps([list(args), kwargs], default=repr)
+    # Celery's own body shape, so a replay reads every letter the same way.
+    body = json.dumps([list(args), kwargs, {}], default=repr)
     headers = {
+        "content_type": "application/json",
         "retries": request.retries,
         "delivery_info": request.delivery_info or {},
         "origin": getattr(request, "origin", None),
@@ -77,10 +89,8 @@ def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reaso
         )
     except TransientError as exc:
         # The store itself is down: keep the message alive on the broker instead.
-        delay = backoff_seconds(request.retries or 0, cap=settings().retry_backoff_max)
-        log.error("cannot dead-letter yet, retrying", extra={
-            "task": task.name, "task_id": request.id, "error": str(exc)})
-        raise task.retry(countdown=delay, max_retries=None) from None
+        return retry(task, exc, backoff_seconds(request.retries or 0,
+                                                cap=settings().retry_backoff_max))
     log.warning("dead-lettered", extra={"task": task.name, "task_id": request.id,
                                          "reason": reason, "detail": detail,
                                          "dead_letter_id": letter_id})

@@ -1,0 +1,57 @@
+"""Turning a stored dead letter back into a message: pure, and never unpickling anything.
+
+A letter keeps the body exactly as it arrived. Only letters for a known task whose
+body is JSON (Celery's `[args, kwargs, embed]`) can be replayed; the rest (pickle,
+yaml, garbage, unknown tasks) stay for an operator to read and discard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from loyalty.errors import InvalidPayload, NotReplayable
+from schemas.events import TASKS, Contract, PayloadError, parse_task_args
+
+JSON_TYPES = ("application/json", None, "")
+REPLAYABLE = ("loyalty.events.signup", "loyalty.events.order_completed",
+              "loyalty.accounts.adjust_points")
+
+
+def decode_letter(letter: Mapping[str, Any]) -> Contract:
+    task_name = letter["task_name"]
+    if task_name not in REPLAYABLE:
+        raise NotReplayable(f"no task named {task_name!r} can take this letter")
+    headers = letter["headers"] or {}
+    if headers.get("content_type") not in JSON_TYPES or headers.get("body_encoding"):
+        raise NotReplayable(
+            f"the body is {headers.get('content_type')!r}; only JSON bodies are replayed"
+        )
+    try:
+        body = json.loads(letter["payload"])
+    except ValueError:
+        raise NotReplayable("the stored body is not valid JSON") from None
+    if not isinstance(body, list) or len(body) not in (2, 3) or not isinstance(body[0], list) \
+            or not isinstance(body[1], dict):
+        raise NotReplayable("the stored body is not a Celery [args, kwargs] message")
+    _queue, model = TASKS[task_name]
+    try:
+        return parse_task_args(model, body[0], body[1])
+    except PayloadError as exc:
+        raise InvalidPayload(str(exc)) from None
+
+
+def replay(ledger: Any, letter_ids: list[int], *, dry_run: bool = False,
+           actor: str | None = None, progress: Any = None) -> dict[str, Any]:
+    """Replay letters one by one (each its own transaction) and summarise what happened."""
+    items = []
+    for letter_id in letter_ids:
+        items.append(ledger.replay_dead_letter(letter_id, decode_letter, dry_run=dry_run,
+                                               actor=actor))
+        if progress is not None:
+            progress(1)
+    summary: dict[str, int] = {}
+    for item in items:
+        summary[item["result"]] = summary.get(item["result"], 0) + 1
+    return {"dry_run": dry_run, "summary": summary, "items": items}

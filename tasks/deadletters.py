@@ -1,0 +1,21 @@
+"""`loyalty.deadletters.replay` on queue `loyalty.admin`, so replays can be scheduled."""
+
+from typing import Any
+
+from celery import Task
+
+from loyalty import replay as replaying
+from schemas.events import ReplayRequest
+from worker.app import app
+from worker.execution import run
+
+
+def _replay(ledger: Any, request: ReplayRequest) -> dict[str, Any]:
+    ids = ledger.pending_dead_letter_ids(ids=request.ids, reason=request.reason,
+                                         since=request.since, limit=request.limit)
+    return replaying.replay(ledger, ids, dry_run=request.dry_run, actor="loyalty.deadletters.replay")
+
+
+@app.task(name="loyalty.deadletters.replay", bind=True, ignore_result=False)
+def replay(self: Task, *args: Any, **kwargs: Any) -> Any:
+    return run(self, ReplayRequest, _replay, args, kwargs)

@@ -1,0 +1,74 @@
+"""A Celery consumer that keeps unreadable messages instead of deleting them.
+
+Stock Celery acknowledges (deletes) a message it cannot read (a disallowed
+content type such as pickle or yaml, a body that is not valid JSON, an unknown
+task name, malformed headers) and only logs a line. Here each one is written
+to the dead-letter table with its raw body and headers first, then acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from loyalty.errors import TransientError
+from worker import raw_letters
+
+log = logging.getLogger("loyalty.consumer")
+
+
+def _keep(message: Any, reason: str, exc: BaseException | None, task_name: str | None = None) -> None:
+    detail = f"{type(exc).__name__}: {exc}" if exc is not None else reason
+    try:
+        raw_letters.store(message, reason, detail, task_name)
+    except TransientError as err:
+        # The store is down: put the message back rather than lose it, and slow the loop.
+        log.error("cannot dead-letter yet, requeueing", extra={"reason": reason, "error": str(err)})
+        time.sleep(1)
+        message.reject_log_error(log, (Exception,), requeue=True)
+        return
+    message.ack_log_error(log, (Exception,))
+
+
+def _content_reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "ContentDisallowed":
+        return "content_disallowed"
+    if name == "DecodeError":
+        return "undecodable_body"
+    if name == "SecurityError":
+        return "signature_invalid"
+    return "malformed_message"
+
+
+class DeadLetteringConsumer(Consumer):
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        _keep(message, _content_reason(exc), exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        _keep(message, "malformed_message", None)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        name = message.headers.get("task") if isinstance(message.headers, dict) else None
+        _keep(message, "unknown_task", exc, task_name=str(name) if name is not None else None)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        _keep(message, _content_reason(exc), exc)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handler = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            # Headers that Celery trips over (a missing id, a bad eta) raise out of
+            # its strategy and would kill the consumer; keep the message instead.
+            try:
+                return handler(message)
+            except Exception as exc:
+                if getattr(message, "acknowledged", False):
+                    raise
+                return _keep(message, _content_reason(exc), exc)
+
+        return on_task_received

@@ -1,0 +1,76 @@
+"""Dead-lettering a message that never reached a task, straight from the broker's bytes.
+
+The body is stored as it arrived and is never deserialized here: a pickle body is
+kept as base64 text, so no pickle loader ever sees it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from loyalty.errors import TransientError
+from worker.app import ledger
+
+log = logging.getLogger("loyalty.deadletters")
+
+
+def raw_body(body: Any) -> tuple[str, str | None]:
+    """The body as text, and how it was encoded ("base64") when it is not UTF-8 text."""
+    if body is None:
+        return "", None
+    if isinstance(body, str):
+        return body, None
+    if isinstance(body, bytes | bytearray | memoryview):
+        data = bytes(body)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(data).decode("ascii"), "base64"
+        if "\x00" in text:
+            return base64.b64encode(data).decode("ascii"), "base64"
+        return text, None
+    return repr(body), "repr"
+
+
+def _plain(value: Any) -> Any:
+    """Headers made JSON-safe without trusting their types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return raw_body(value)[0]
+    return repr(value)
+
+
+def store(message: Any, reason: str, detail: str, task_name: str | None = None) -> int:
+    """Write one raw message to the dead-letter table; raises TransientError if it cannot."""
+    headers = getattr(message, "headers", None)
+    headers = headers if isinstance(headers, dict) else {"unparsed": repr(headers)}
+    payload, encoding = raw_body(getattr(message, "body", None))
+    envelope = {
+        "content_type": getattr(message, "content_type", None),
+        "content_encoding": getattr(message, "content_encoding", None),
+        "headers": _plain(headers),
+        "properties": _plain(getattr(message, "properties", {}) or {}),
+        "delivery_info": _plain(getattr(message, "delivery_info", {}) or {}),
+    }
+    if encoding:
+        envelope["body_encoding"] = encoding
+    name = task_name if task_name is not None else headers.get("task")
+    message_id = headers.get("id") or (envelope["properties"].get("correlation_id"))
+    letter_id = ledger().add_dead_letter(
+        task_name=str(name) if name is not None else None,
+        message_id=str(message_id) if message_id is not None else None,
+        payload=payload, headers=envelope, reason=reason, error_detail=detail,
+    )
+    log.warning("dead-lettered", extra={"task": name, "task_id": message_id, "reason": reason,
+                                         "detail": detail, "dead_letter_id": letter_id})
+    return letter_id
+
+
+__all__ = ["TransientError", "raw_body", "store"]
