@@ -68,6 +68,7 @@ class Env:
         self.result_backend = result_backend
         self.tmp = tmp
         self.broker: Any = None
+        self.workers: list[Worker] = []
         self.vars = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
             "LOYALTY_DATABASE_URL": db_url,
@@ -75,6 +76,12 @@ class Env:
             "LOYALTY_RESULT_BACKEND": result_backend,
             "LOYALTY_LOG_FORMAT": "json",
         }
+
+    def worker(self, concurrency: int = 2, name: str | None = None) -> Worker:
+        """Start a worker that the fixture stops at the end of the test."""
+        worker = Worker(self, concurrency, name or f"w{len(self.workers) + 1}")
+        self.workers.append(worker)
+        return worker.start()
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         done = subprocess.run([LOYALTY, *args], env=self.vars, capture_output=True, text=True,
@@ -120,6 +127,21 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, pool processes included: no warm shutdown, no acks."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def logs(self) -> list[dict[str, Any]]:
         lines = []
@@ -173,6 +195,47 @@ class Broker:
         out = rabbitmqctl("list_queues", "-p", str(self.vhost), "--no-table-headers",
                           "name", "messages")
         return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
+@pytest.fixture
+def deploy(template_db: str, redis_index: int, tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[Callable[..., Env]]:
+    """Factory of isolated deployments: a fresh database, an emptied Redis database or a
+    new RabbitMQ vhost, and extra LOYALTY_* settings (short timeouts for failure tests)."""
+    made: list[tuple[Env, str | None]] = []
+    workers: list[Worker] = []
+
+    def make(broker: str = "redis", **settings: Any) -> Env:
+        redis_url = f"redis://{REDIS_HOST}:6379/{redis_index}"
+        vhost = None
+        if broker == "redis":
+            client = redis.Redis.from_url(redis_url)
+            client.flushdb()
+            client.set("loyalty-test-lock", RUN_ID, ex=3600)
+            client.close()
+            target = Broker("redis", redis_url)
+        else:
+            request.getfixturevalue("rabbitmq_vhost")  # RabbitMQ is up and rabbitmqctl works
+            vhost = f"loyalty-test-{RUN_ID}-{len(made)}"
+            rabbitmqctl("add_vhost", vhost)
+            user = urlsplit(RABBITMQ_URL).username or "guest"
+            rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+            target = Broker("rabbitmq", f"{RABBITMQ_URL.rstrip('/')}/{vhost}", vhost)
+        url = fresh_database(template_db)
+        env = Env(url, target.url, redis_url, tmp_path)
+        env.broker = target
+        env.vars.update({f"LOYALTY_{k.upper()}": str(v) for k, v in settings.items()})
+        env.workers = workers
+        made.append((env, vhost))
+        return env
+
+    yield make
+    for worker in workers:
+        worker.stop()
+    for env, vhost in made:
+        drop_database(env.db_url)
+        if vhost:
+            rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
