@@ -202,7 +202,7 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
            request: pytest.FixtureRequest) -> Iterator[Callable[..., Env]]:
     """Factory of isolated deployments: a fresh database, an emptied Redis database or a
     new RabbitMQ vhost, and extra LOYALTY_* settings (short timeouts for failure tests)."""
-    made: list[tuple[Env, str | None]] = []
+    made: list[tuple[str, str | None]] = []
     workers: list[Worker] = []
 
     def make(broker: str = "redis", **settings: Any) -> Env:
@@ -226,14 +226,14 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
         env.broker = target
         env.vars.update({f"LOYALTY_{k.upper()}": str(v) for k, v in settings.items()})
         env.workers = workers
-        made.append((env, vhost))
+        made.append((url, vhost))
         return env
 
     yield make
     for worker in workers:
         worker.stop()
-    for env, vhost in made:
-        drop_database(env.db_url)
+    for url, vhost in made:
+        drop_database(url)
         if vhost:
             rabbitmqctl("delete_vhost", vhost)
 

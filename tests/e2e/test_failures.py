@@ -74,7 +74,7 @@ def test_unreadable_messages_are_kept_raw_and_never_deserialized(deploy, broker:
     wait_for(lambda: len(letters_by_message(env)) >= len(cases) - 1, 60, "dead letters")
     wait_for(lambda: drained(env), 30, "the queue to drain")
     letters = letters_by_message(env)
-    for name, (body, *_rest, reason) in cases.items():
+    for name, (_body, *_rest, reason) in cases.items():
         if name == "no-id":
             rows = sql(env, "SELECT reason FROM dead_letters WHERE message_id IS NULL")
             assert rows == [(reason,)]

@@ -1,0 +1,83 @@
+"""Server restarts in the middle of a stream: the worker recovers on its own, exactly once."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loyalty import db
+from tests.e2e.conftest import Env, wait_for
+from tests.e2e.services import PrivatePostgres, PrivateRedis
+from tests.e2e.streams import Stream, balances, processed
+from tests.e2e.test_failures import FAST
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    # Not under tmp_path: its parents are private to root, and the server runs as postgres.
+    server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="loyalty-pg-")))
+    server.start()
+    yield server
+    db.dispose_all()
+    server.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.close()
+
+
+def test_postgres_restart_mid_stream(deploy, private_postgres: PrivatePostgres) -> None:
+    env: Env = deploy("redis", **FAST)
+    url = private_postgres.url("postgres")
+    db.upgrade(db.get_engine(url))
+    db.dispose_all()
+    env.db_url = url
+    env.vars["LOYALTY_DATABASE_URL"] = url
+    worker = env.worker(concurrency=2)
+    stream = Stream(contacts=30, orders=300, seed=21)
+    stream.publish(env, stream.signups)
+    wait_for(lambda: processed(env) >= len(stream.signups), 60, "the signups")
+    stream.publish(env, stream.messages[len(stream.signups):])
+    wait_for(lambda: processed(env) > len(stream.signups) + 30, 60, "some orders")
+    private_postgres.stop("fast")  # every connection is cut
+    time.sleep(3)  # messages keep arriving and fail while it is down
+    private_postgres.start()
+    wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
+    wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
+    assert worker.alive(), "the worker must recover without a restart of its own"
+    assert any(r.get("msg") == "not applied yet, retrying" for r in worker.logs()), \
+        "the outage was never noticed: the test did not test anything"
+    assert balances(env) == stream.expected
+    assert env.cli_json("verify")["ok"]
+    assert env.cli_json("dlq", "stats")["total"] == 0
+
+
+def test_redis_restart_mid_stream(deploy, private_redis: PrivateRedis) -> None:
+    env: Env = deploy("redis", **FAST)
+    env.broker_url = private_redis.url
+    env.broker.url = private_redis.url
+    env.vars["LOYALTY_BROKER_URL"] = private_redis.url
+    worker = env.worker(concurrency=2)
+    stream = Stream(contacts=30, orders=300, seed=22)
+    stream.publish(env, stream.signups)
+    wait_for(lambda: processed(env) >= len(stream.signups), 60, "the signups")
+    stream.publish(env, stream.messages[len(stream.signups):])
+    wait_for(lambda: processed(env) > len(stream.signups) + 20, 60, "some orders")
+    private_redis.stop()
+    time.sleep(2)
+    private_redis.start()
+    wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
+    wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
+    assert worker.alive()
+    assert balances(env) == stream.expected
+    assert env.cli_json("verify")["ok"]
