@@ -177,7 +177,7 @@ def publish_group() -> None:
 def _publisher(ctx: Context) -> Any:
     from loyalty.publish import Publisher
 
-    return Publisher(ctx.settings.broker_url, ctx.settings.result_backend)
+    return Publisher(settings=ctx.settings)
 
 
 @publish_group.command("signup")

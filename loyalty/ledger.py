@@ -18,7 +18,13 @@ from uuid import UUID
 
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
 from loyalty import views
 from loyalty.adjustments import decide_adjustment
@@ -131,6 +137,10 @@ class Ledger:
                 raise LedgerIntegrityError(f"{name or 'constraint'}: {exc.orig}") from exc
             except (OperationalError, InterfaceError) as exc:
                 raise TransientError(f"database unavailable: {str(exc.orig).strip()}") from exc
+            except DataError as exc:
+                # Values PostgreSQL cannot hold (a NUL character, an out-of-range number).
+                raise InvalidPayload(f"the database refused a value: {str(exc.orig).strip()}") \
+                    from exc
             except DBAPIError as exc:
                 if exc.connection_invalidated:
                     raise TransientError(f"connection lost: {str(exc.orig).strip()}") from exc
@@ -572,12 +582,12 @@ class Ledger:
                         headers: Mapping[Any, Any], reason: str, error_detail: str) -> int:
         """Keep a message that cannot be applied; a re-delivery of it counts one more attempt."""
         ins = pg_insert(dead_letters).values(
-            task_name=task_name,
-            message_id=message_id,
-            payload=payload,
-            headers=json.loads(json.dumps(headers, default=str)),
+            task_name=_storable(task_name),
+            message_id=_storable(message_id),
+            payload=_storable(payload),
+            headers=_storable_json(json.loads(json.dumps(headers, default=str))),
             reason=reason,
-            error_detail=error_detail[:4000],
+            error_detail=_storable(error_detail[:4000]),
         )
         statement = ins.on_conflict_do_update(
             index_elements=[dead_letters.c.message_id],
@@ -809,6 +819,22 @@ _VERIFY_CHECKS = {
         SELECT a.id AS account_id, a.contact_id FROM accounts a
         LEFT JOIN contacts c ON c.contact_id = a.contact_id WHERE c.contact_id IS NULL""",
 }
+
+
+def _storable(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL; a dead letter must be storable whatever it holds."""
+    return text.replace("\x00", "\\x00") if text is not None else None
+
+
+def _storable_json(value: Any) -> Any:
+    """jsonb refuses NUL as well, in keys and in values."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        return {_storable(k): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable_json(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,8 @@ from celery.result import AsyncResult
 from pydantic import ValidationError
 
 from loyalty.errors import InvalidPayload, PublishError
+from loyalty.settings import Settings
+from loyalty.signing import enable_signing
 from schemas.events import TASKS, describe_errors
 
 
@@ -28,14 +30,12 @@ def _now() -> str:
 
 
 class Publisher:
-    def __init__(self, broker_url: str | None = None, result_backend: str | None = None) -> None:
-        if broker_url is None or result_backend is None:
-            from loyalty.settings import Settings
-
-            settings = Settings.from_env()
-            broker_url = broker_url or settings.broker_url
-            result_backend = result_backend or settings.result_backend
-        self.app = Celery("loyalty-producer", broker=broker_url, backend=result_backend,
+    def __init__(self, broker_url: str | None = None, result_backend: str | None = None,
+                 settings: Settings | None = None) -> None:
+        """URLs default to the LOYALTY_* settings; so does message signing, when configured."""
+        settings = settings or Settings.from_env()
+        self.app = Celery("loyalty-producer", broker=broker_url or settings.broker_url,
+                          backend=result_backend or settings.result_backend,
                           set_as_current=False)
         self.app.conf.update(
             task_serializer="json",
@@ -44,6 +44,10 @@ class Publisher:
             broker_connection_retry_on_startup=True,
             broker_connection_max_retries=3,
         )
+        if settings.signing:
+            enable_signing(self.app, key=settings.security_key,
+                           certificate=settings.security_certificate,
+                           cert_store=settings.security_cert_store)
 
     def __enter__(self) -> Publisher:
         return self
@@ -64,7 +68,7 @@ class Publisher:
         except ValidationError as exc:
             raise InvalidPayload(describe_errors(exc)) from None
         try:
-            return self.app.send_task(task_name, args=[payload], queue=queue, serializer="json")
+            return self.app.send_task(task_name, args=[payload], queue=queue)
         except Exception as exc:
             raise PublishError(f"could not publish {task_name}: {exc}") from exc
 

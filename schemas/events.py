@@ -35,7 +35,9 @@ RFC3339 = re.compile(
 )
 DECIMAL = re.compile(r"^(0|[1-9]\d{0,13})(\.\d{1,4})?$")
 
-Id = Annotated[str, Field(min_length=1, max_length=256)]
+#: No NUL characters anywhere: PostgreSQL text cannot store them.
+NO_NUL = r"^[^\x00]*$"
+Id = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
 
 
 def _parse_timestamp(value: object) -> datetime:
@@ -108,8 +110,9 @@ class SignupEvent(Contract):
     event_id: Id
     contact_id: Id
     member_id: Id | None = None
-    email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
-    name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    email: Annotated[str, Field(min_length=3, max_length=320,
+                                pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)] | None = None
     occurred_at: Timestamp
 
 
@@ -145,7 +148,7 @@ class AdjustPointsRequest(Contract):
     contact_id: Id | None = None
     amount: Annotated[int, Field(ge=-9_999_999, le=9_999_999)] | None = None
     balance: Annotated[int, Field(ge=0, le=999_999_999)] | None = None
-    description: Annotated[str, Field(min_length=1, max_length=100)]
+    description: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
     actor: Id
     revision: Annotated[int, Field(ge=0)] | None = None
 
@@ -173,7 +176,7 @@ class ReplayRequest(Contract):
     )
 
     ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=10_000)] | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)] | None = None
     since: Timestamp | None = None
     all: bool | None = None
     dry_run: bool = False

@@ -12,6 +12,7 @@ from loyalty import db
 from loyalty.errors import LoyaltyError
 from loyalty.ledger import Ledger
 from loyalty.settings import Settings
+from loyalty.signing import enable_signing
 from worker import logging as loyalty_logging
 from worker.config import celery_config
 
@@ -32,11 +33,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.loyalty_settings = settings
     if settings.signing:
-        # Only messages signed by a trusted certificate are accepted; JSON inside.
-        app.setup_security(allowed_serializers=["json"], key=settings.security_key,
-                           cert=settings.security_certificate,
-                           store=settings.security_cert_store, digest="sha256",
-                           serializer="json")
+        enable_signing(app, key=settings.security_key,
+                       certificate=settings.security_certificate,
+                       cert_store=settings.security_cert_store)
     return app
 
 

@@ -35,12 +35,13 @@ def _keep(message: Any, reason: str, exc: BaseException | None, task_name: str |
 
 def _content_reason(exc: BaseException) -> str:
     name = type(exc).__name__
+    chain = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    if "SecurityError" in chain or "SecurityError" in str(exc):
+        return "signature_invalid"
     if name == "ContentDisallowed":
         return "content_disallowed"
     if name == "DecodeError":
         return "undecodable_body"
-    if name == "SecurityError":
-        return "signature_invalid"
     return "malformed_message"
 
 

@@ -69,6 +69,7 @@ class Env:
         self.tmp = tmp
         self.broker: Any = None
         self.workers: list[Worker] = []
+        self.shop: Any = None
         self.vars = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
             "LOYALTY_DATABASE_URL": db_url,
@@ -76,6 +77,13 @@ class Env:
             "LOYALTY_RESULT_BACKEND": result_backend,
             "LOYALTY_LOG_FORMAT": "json",
         }
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if self.shop is not None:
+            self.shop.close()
+            self.shop = None
 
     def worker(self, concurrency: int = 2, name: str | None = None) -> Worker:
         """Start a worker that the fixture stops at the end of the test."""
@@ -203,6 +211,7 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
     """Factory of isolated deployments: a fresh database, an emptied Redis database or a
     new RabbitMQ vhost, and extra LOYALTY_* settings (short timeouts for failure tests)."""
     made: list[tuple[str, str | None]] = []
+    envs: list[Env] = []
     workers: list[Worker] = []
 
     def make(broker: str = "redis", **settings: Any) -> Env:
@@ -227,11 +236,12 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
         env.vars.update({f"LOYALTY_{k.upper()}": str(v) for k, v in settings.items()})
         env.workers = workers
         made.append((url, vhost))
+        envs.append(env)
         return env
 
     yield make
-    for worker in workers:
-        worker.stop()
+    for env in envs:
+        env.close()
     for url, vhost in made:
         drop_database(url)
         if vhost:
@@ -252,6 +262,7 @@ def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: in
     env = Env(url, broker.url, redis_url, tmp_path_factory.mktemp(f"e2e-{request.param}"))
     env.broker = broker
     yield env
+    env.close()
     drop_database(url)
 
 

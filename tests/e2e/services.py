@@ -6,6 +6,7 @@ the test's temporary folder and are removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -86,10 +87,8 @@ class PrivatePostgres:
         _wait_port(self.port, up=False)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(AssertionError):
             self.stop("immediate")
-        except AssertionError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -21,11 +21,19 @@ TS = "2026-01-31T12:00:00Z"
 
 
 def shop(env: Env) -> Celery:
-    """What a producer in another code base has: Celery, a broker URL and nothing of ours."""
-    app = Celery("shop", broker=env.broker_url, backend=env.result_backend, set_as_current=False)
-    app.conf.update(task_serializer="json", accept_content=["json"],
-                    result_accept_content=["json"])
-    return app
+    """What a producer in another code base has: Celery, a broker URL and nothing of ours.
+
+    One client per deployment, closed with it, so no socket outlives its test.
+    """
+    if env.shop is None or env.shop.conf.broker_url != env.broker_url:
+        if env.shop is not None:
+            env.shop.close()
+        app = Celery("shop", broker=env.broker_url, backend=env.result_backend,
+                     set_as_current=False)
+        app.conf.update(task_serializer="json", accept_content=["json"],
+                        result_accept_content=["json"])
+        env.shop = app
+    return env.shop
 
 
 def send_raw(env: Env, body: bytes | str, content_type: str, headers: dict[str, Any],
@@ -101,7 +109,6 @@ class Stream:
             client.send_task(name, args=[payload], queue="loyalty.events",
                              retry=True, retry_policy={"max_retries": 30, "interval_start": 0.2,
                                                        "interval_step": 0.5, "interval_max": 2})
-        client.close()
 
 
 def dumps(value: Any) -> str:

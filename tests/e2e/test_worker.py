@@ -15,17 +15,14 @@ from celery import Celery
 
 from loyalty.publish import Publisher
 from tests.e2e.conftest import Env, Worker, wait_for
+from tests.e2e.streams import shop
 
 pytestmark = pytest.mark.e2e
 TS = "2026-01-31T12:00:00Z"
 
 
 def bare_client(env: Env) -> Celery:
-    """What a producer in another code base has: Celery, a broker URL and nothing of ours."""
-    app = Celery("shop", broker=env.broker_url, backend=env.result_backend, set_as_current=False)
-    app.conf.update(task_serializer="json", accept_content=["json"],
-                    result_accept_content=["json"])
-    return app
+    return shop(env)
 
 
 def processed_count(env: Env) -> int:

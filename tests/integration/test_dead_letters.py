@@ -147,3 +147,15 @@ def test_sql_fragments_are_stored_verbatim(ledger: Ledger) -> None:
 def test_crash_counter(ledger: Ledger) -> None:
     assert [ledger.record_crash("m1", "t", "lost") for _ in range(3)] == [1, 2, 3]
     assert ledger.record_crash("m2", "t", "lost") == 1
+
+
+def test_nul_characters_never_stop_a_dead_letter(ledger: Ledger) -> None:
+    """Found by the hostile-payload property test: NUL broke the insert and lost the message."""
+    letter_id = ledger.add_dead_letter(
+        task_name="t\x00", message_id="m\x00", payload='[[{"a\\u0000": 1}], {}, {}]',
+        headers={"k\x00": ["v\x00", {"\x00": "\\u0000"}]}, reason="invalid_payload",
+        error_detail="a\x00: Extra inputs are not permitted")
+    shown = ledger.dead_letter(letter_id)
+    assert shown["error_detail"] == "a\\x00: Extra inputs are not permitted"
+    assert shown["headers"] == {"k\\x00": ["v\\x00", {"\\x00": "\\u0000"}]}
+    assert shown["payload"] == '[[{"a\\u0000": 1}], {}, {}]'

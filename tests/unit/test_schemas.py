@@ -31,6 +31,7 @@ def test_valid_order_parses_money_as_decimal() -> None:
     {"occurred_at": "2026-01-31T12:00:00"}, {"occurred_at": "2026-01-31"},
     {"occurred_at": "2026-02-31T12:00:00Z"}, {"occurred_at": 1767182400},
     {"event_id": ""}, {"event_id": "x" * 257}, {"event_id": 12}, {"contact_id": None},
+    {"contact_id": "a\x00b"}, {"order_id": "\x00"},
     {"extra": "field"},
 ])
 def test_order_rejects(change: dict[str, Any]) -> None:
