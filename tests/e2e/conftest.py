@@ -261,6 +261,8 @@ def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: in
     url = fresh_database(template_db)
     env = Env(url, broker.url, redis_url, tmp_path_factory.mktemp(f"e2e-{request.param}"))
     env.broker = broker
+    # An order for an unknown contact is dead-lettered after one quick retry, not minutes.
+    env.vars.update(LOYALTY_NOT_FOUND_RETRIES="1", LOYALTY_NOT_FOUND_BACKOFF="0.2")
     yield env
     env.close()
     drop_database(url)
