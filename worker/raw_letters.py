@@ -63,17 +63,18 @@ def store(message: Any, reason: str, detail: str, task_name: str | None = None) 
         envelope["body_encoding"] = encoding
     name = task_name if task_name is not None else headers.get("task")
     message_id = headers.get("id") or (envelope["properties"].get("correlation_id"))
-    letter = {"task_name": str(name) if name is not None else None,
-              "message_id": str(message_id) if message_id is not None else None,
-              "payload": payload, "reason": reason, "error_detail": detail}
+    task = str(name) if name is not None else None
+    message = str(message_id) if message_id is not None else None
     try:
-        letter_id = ledger().add_dead_letter(headers=envelope, **letter)
+        letter_id = ledger().add_dead_letter(task_name=task, message_id=message, payload=payload,
+                                             headers=envelope, reason=reason, error_detail=detail)
     except TransientError:
         raise
     except Exception as exc:  # headers the database will not take: keep the body at least
         log.exception("storing the headers failed; keeping the message without them")
-        letter["error_detail"] = f"{detail} (headers not stored: {type(exc).__name__})"
-        letter_id = ledger().add_dead_letter(headers={"unstorable": True}, **letter)
+        letter_id = ledger().add_dead_letter(
+            task_name=task, message_id=message, payload=payload, headers={"unstorable": True},
+            reason=reason, error_detail=f"{detail} (headers not stored: {type(exc).__name__})")
     log.warning("dead-lettered", extra={"task": name, "task_id": message_id, "reason": reason,
                                          "detail": detail, "dead_letter_id": letter_id})
     return letter_id
