@@ -454,13 +454,19 @@ class Ledger:
         return views.account_json(row)
 
     def list_accounts(self, limit: int, cursor: str | None = None) -> dict[str, Any]:
-        query = _ACCOUNT.order_by(accounts.c.id).limit(limit + 1)
+        query = _ACCOUNT.order_by(accounts.c.id)
         if cursor:
             query = query.where(accounts.c.id > _uuid(views.decode_cursor(cursor), "cursor"))
-        rows = self._read(lambda conn: conn.execute(query).mappings().all())
-        items = [views.account_json(r) for r in rows[:limit]]
+        return self._page(query, limit, "id", views.account_json)
+
+    def _page(self, query: Any, limit: int, key: str,
+              shape: Callable[[Mapping[Any, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """One page plus the cursor of the next: fetch one row more than asked to know."""
+        rows = self._read(lambda conn: conn.execute(query.limit(limit + 1)).mappings().all())
         more = len(rows) > limit
-        return views.page(items, views.encode_cursor(items[-1]["id"]) if more else None)
+        rows = rows[:limit]
+        next_cursor = views.encode_cursor(str(rows[-1][key])) if more else None
+        return views.page([shape(r) for r in rows], next_cursor)
 
     def list_transactions(self, *, account_id: str | None = None, contact_id: str | None = None,
                           type_: str | None = None, limit: int = 50,
@@ -470,21 +476,12 @@ class Ledger:
             select(ledger_entries)
             .where(ledger_entries.c.account_id == UUID(account["id"]))
             .order_by(ledger_entries.c.seq.desc())
-            .limit(limit + 1)
         )
         if type_:
             query = query.where(ledger_entries.c.type == type_)
         if cursor:
-            try:
-                before = int(views.decode_cursor(cursor))
-            except ValueError:
-                raise views.InvalidCursor(f"invalid cursor {cursor!r}") from None
-            query = query.where(ledger_entries.c.seq < before)
-        rows = self._read(lambda conn: conn.execute(query).mappings().all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = views.encode_cursor(str(rows[-1]["seq"])) if more else None
-        return views.page([views.entry_json(r) for r in rows], next_cursor)
+            query = query.where(ledger_entries.c.seq < views.decode_int_cursor(cursor))
+        return self._page(query, limit, "seq", views.entry_json)
 
     def totals(self) -> dict[str, Any]:
         query = select(
@@ -722,7 +719,7 @@ class Ledger:
     def list_dead_letters(self, *, reason: str | None = None, status: str | None = None,
                           since: datetime | None = None, limit: int = 50,
                           cursor: str | None = None) -> dict[str, Any]:
-        query = select(dead_letters).order_by(dead_letters.c.id).limit(limit + 1)
+        query = select(dead_letters).order_by(dead_letters.c.id)
         if reason:
             query = query.where(dead_letters.c.reason == reason)
         if status:
@@ -730,14 +727,8 @@ class Ledger:
         if since:
             query = query.where(dead_letters.c.last_failed_at >= since)
         if cursor:
-            try:
-                query = query.where(dead_letters.c.id > int(views.decode_cursor(cursor)))
-            except ValueError:
-                raise views.InvalidCursor(f"invalid cursor {cursor!r}") from None
-        rows = self._read(lambda conn: conn.execute(query).mappings().all())
-        more = len(rows) > limit
-        items = [views.dead_letter_json(r) for r in rows[:limit]]
-        return views.page(items, views.encode_cursor(str(items[-1]["id"])) if more else None)
+            query = query.where(dead_letters.c.id > views.decode_int_cursor(cursor))
+        return self._page(query, limit, "id", views.dead_letter_json)
 
     # -- verification ----------------------------------------------------------------
 

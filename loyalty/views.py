@@ -126,3 +126,10 @@ def decode_cursor(cursor: str) -> str:
         return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidCursor(f"invalid cursor {cursor!r}: pass a next_cursor printed by a list") from None
+
+
+def decode_int_cursor(cursor: str) -> int:
+    try:
+        return int(decode_cursor(cursor))
+    except ValueError:
+        raise InvalidCursor(f"invalid cursor {cursor!r}: pass a next_cursor printed by a list") from None

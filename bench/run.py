@@ -1,0 +1,299 @@
+"""Throughput benchmark: figures and ratios measured in one run, never pass/fail.
+
+    .venv/bin/python bench/run.py --broker redis --events 20000
+    .venv/bin/python bench/run.py --broker rabbitmq --events 20000 --processes 2
+    .venv/bin/python bench/run.py --broker redis --events 20000 --hot
+
+It creates its own database (dropped afterwards), seeds accounts, and measures:
+- drain: events/s applied from a pre-filled queue (first to last commit);
+- latency: p50/p99 from publish to commit at a steady offered load (20% of the drain rate);
+- peak RSS of each worker process;
+- publish: events/s the producer helper publishes from one process;
+- references from the same run: `pgbench -N` TPS (`-i -s 10`, then `-c 8 -j 2 -T 15`)
+  and kombu's raw drain-and-ack rate on the same broker.
+At the end it checks the ledger (`verify`) and the expected totals, prints a table and
+writes a JSON file under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from kombu import Connection, Consumer, Queue
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ADMIN = "host=127.0.0.1 user=postgres dbname=postgres"
+
+
+def sh(*args: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout
+
+
+def admin(sql: str) -> None:
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def pgbench_tps(run_id: str) -> float:
+    name = f"loyalty_bench_{run_id}_pgbench"
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        base = ["-h", "127.0.0.1", "-U", "postgres"]
+        sh("pgbench", *base, "-i", "-s", "10", "-q", name)
+        out = sh("pgbench", *base, "-N", "-c", "8", "-j", "2", "-T", "15", name)
+        match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+        if match is None:
+            match = re.search(r"tps = ([\d.]+)", out)
+        assert match, out
+        return float(match.group(1))
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def kombu_drain(broker_url: str, n: int) -> float:
+    """Messages/s kombu alone consumes and acks, one by one, from a pre-filled queue."""
+    queue = Queue(f"bench.raw.{uuid.uuid4().hex[:6]}", durable=False, auto_delete=True)
+    body = json.dumps([[{"event_id": "x" * 36, "contact_id": "c" * 12, "order_id": "o" * 12,
+                         "total": "12.34", "currency": "USD", "occurred_at": "2026-01-01T00:00:00Z"}],
+                       {}, {}])
+    with Connection(broker_url) as conn:
+        producer = conn.Producer()
+        for _ in range(n):
+            producer.publish(body, routing_key=queue.name, declare=[queue],
+                             content_type="application/json", content_encoding="utf-8")
+        done = 0
+        started = time.perf_counter()
+
+        def on_message(_body: Any, message: Any) -> None:
+            nonlocal done
+            message.ack()
+            done += 1
+
+        with Consumer(conn, queues=[queue], callbacks=[on_message], accept=["json"],
+                      prefetch_count=100):
+            while done < n:
+                conn.drain_events(timeout=10)
+        elapsed = time.perf_counter() - started
+        queue(conn.default_channel).delete()
+    return n / elapsed
+
+
+class Deployment:
+    def __init__(self, broker: str, run_id: str) -> None:
+        self.db = f"loyalty_bench_{run_id}"
+        self.dsn = f"host=127.0.0.1 user=postgres dbname={self.db}"
+        self.vhost = None
+        if broker == "redis":
+            self.broker_url = "redis://127.0.0.1:6379/15"
+            sh("redis-cli", "-n", "15", "FLUSHDB")
+        else:
+            self.vhost = f"loyalty-bench-{run_id}"
+            sh("rabbitmqctl", "-q", "add_vhost", self.vhost)
+            sh("rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+            self.broker_url = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
+                    "LOYALTY_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}",
+                    "LOYALTY_BROKER_URL": self.broker_url,
+                    "LOYALTY_RESULT_BACKEND": "redis://127.0.0.1:6379/14",
+                    "LOYALTY_LOG_LEVEL": "WARNING"}
+        self.workers: list[subprocess.Popen] = []
+
+    def create(self, accounts: int) -> None:
+        admin(f'CREATE DATABASE "{self.db}"')
+        sh(str(BIN / "loyalty"), "db", "upgrade", env=self.env)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO contacts (contact_id, profile_at) SELECT 'bench-' || g, now()"
+                         " FROM generate_series(1, %s) g", (accounts,))
+            conn.execute("INSERT INTO accounts (contact_id) SELECT contact_id FROM contacts")
+
+    def start_workers(self, processes: int, concurrency: int) -> None:
+        (ROOT / "bench" / "results").mkdir(exist_ok=True)
+        for i in range(processes):
+            log = open(ROOT / "bench" / "results" / f"worker-{i}.log", "w")  # noqa: SIM115
+            self.workers.append(subprocess.Popen(
+                [str(BIN / "loyalty"), "worker", "--concurrency", str(concurrency),
+                 "--hostname", f"bench{i}@%h", "--without-gossip", "--without-mingle",
+                 "--without-heartbeat"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def peak_rss_mb(self) -> list[float]:
+        peaks = []
+        for proc in self.workers:
+            pids = [proc.pid] + [int(p) for p in sh("ps", "-o", "pid=", "--ppid",
+                                                      str(proc.pid)).split()]
+            for pid in pids:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                match = re.search(r"VmHWM:\s+(\d+) kB", status)
+                if match:
+                    peaks.append(int(match.group(1)) / 1024)
+        return peaks
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def drop(self) -> None:
+        self.stop()
+        admin(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        if self.vhost:
+            sh("rabbitmqctl", "-q", "delete_vhost", self.vhost)
+
+    def query(self, sql: str) -> Any:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(sql).fetchone()
+
+
+def orders(n: int, accounts: int, hot: bool, seed: int, tag: str) -> tuple[list[dict], int]:
+    rng = random.Random(seed)
+    events, expected = [], 0
+    for i in range(n):
+        contact = "bench-1" if hot else f"bench-{rng.randint(1, accounts)}"
+        total = Decimal(rng.randrange(100, 20000)) / 100
+        expected += int(total.to_integral_value(ROUND_FLOOR))
+        events.append({"event_id": f"{tag}-{i}", "contact_id": contact, "order_id": f"{tag}-{i}",
+                       "total": str(total), "currency": "USD",
+                       "occurred_at": "2026-01-01T00:00:00Z"})
+    return events, expected
+
+
+def wait_processed(dep: Deployment, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while dep.query("SELECT count(*) FROM processed_events")[0] < n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {dep.query('SELECT count(*) FROM processed_events')[0]}"
+                             f" of {n} events applied")
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--accounts", type=int, default=10000)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--hot", action="store_true", help="every event on one account")
+    parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--skip-references", action="store_true")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from loyalty import db
+    from loyalty.ledger import Ledger
+    from loyalty.publish import Publisher
+    from loyalty.settings import Settings
+
+    run_id = uuid.uuid4().hex[:6]
+    dep = Deployment(args.broker, run_id)
+    results: dict[str, Any] = {"broker": args.broker, "events": args.events,
+                               "accounts": args.accounts, "processes": args.processes,
+                               "concurrency": args.concurrency, "hot": args.hot,
+                               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                               "at": datetime.now(UTC).isoformat()}
+    try:
+        if not args.skip_references:
+            print("reference: pgbench -N ...", file=sys.stderr)
+            results["pgbench_tps"] = round(pgbench_tps(run_id), 1)
+            print("reference: kombu raw drain ...", file=sys.stderr)
+            results["kombu_drain_per_s"] = round(kombu_drain(dep.broker_url, 20000), 1)
+        dep.create(args.accounts)
+        events, expected = orders(args.events, args.accounts, args.hot, 1, "drain")
+        settings = Settings.from_env(dep.env)
+        print(f"publishing {args.events} events ...", file=sys.stderr)
+        with Publisher(settings=settings) as publisher:
+            started = time.perf_counter()
+            for event in events:
+                publisher.send("loyalty.events.order_completed", event)
+            results["publish_per_s"] = round(args.events / (time.perf_counter() - started), 1)
+        print("draining ...", file=sys.stderr)
+        dep.start_workers(args.processes, args.concurrency)
+        wait_processed(dep, args.events, timeout=3600)
+        first, last = dep.query("SELECT min(processed_at), max(processed_at) FROM processed_events")
+        drain = (args.events - 1) / max((last - first).total_seconds(), 1e-6)
+        results["drain_events_per_s"] = round(drain, 1)
+
+        rate = max(1.0, drain * 0.2)
+        count = int(rate * args.latency_seconds)
+        print(f"latency at {rate:.0f} events/s for {args.latency_seconds:.0f}s ...", file=sys.stderr)
+        steady, more = orders(count, args.accounts, args.hot, 2, "steady")
+        expected += more
+        with Publisher(settings=settings) as publisher:
+            started = time.perf_counter()
+            for i, event in enumerate(steady):
+                due = started + i / rate
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                event["occurred_at"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                publisher.send("loyalty.events.order_completed", event)
+        wait_processed(dep, args.events + count, timeout=600)
+        results["latency_ms"] = latency(dep, steady)
+        results["latency_offered_per_s"] = round(rate, 1)
+        results["peak_rss_mb"] = [round(x, 1) for x in dep.peak_rss_mb()]
+        dep.stop()
+        ledger = Ledger(db.get_engine(dep.env["LOYALTY_DATABASE_URL"]))
+        report = ledger.verify()
+        totals = ledger.totals()
+        db.dispose_all()
+        results["verify_ok"] = report["ok"]
+        results["earned_expected"] = expected
+        results["earned_actual"] = totals["points"]["earned"]
+        if "pgbench_tps" in results:
+            results["drain_vs_pgbench"] = round(drain / results["pgbench_tps"], 3)
+            results["drain_vs_kombu"] = round(drain / results["kombu_drain_per_s"], 3)
+    finally:
+        dep.drop()
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    name = f"{args.broker}-p{args.processes}c{args.concurrency}{'-hot' if args.hot else ''}-{run_id}.json"
+    (out / name).write_text(json.dumps(results, indent=2, default=str))
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"{key.ljust(width)}  {value}")
+    print(f"written: bench/results/{name}")
+    if not results.get("verify_ok") or results["earned_expected"] != results["earned_actual"]:
+        raise SystemExit("the ledger does not add up")
+
+
+def latency(dep: Deployment, steady: list[dict]) -> dict[str, float]:
+    """Publish-to-apply, in ms: occurred_at was stamped at publish; processed_at is now() of
+    the applying transaction, so the commit itself (about a millisecond) is not included."""
+    with psycopg.connect(dep.dsn) as conn:
+        rows = conn.execute(
+            "SELECT p.event_id, extract(epoch FROM p.processed_at) FROM processed_events p"
+            " WHERE p.event_id LIKE 'steady-%'").fetchall()
+    published = {e["event_id"]: datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00"))
+                 .timestamp() for e in steady}
+    values = sorted((float(t) - published[event_id]) * 1000 for event_id, t in rows)
+    return {"p50": round(statistics.median(values), 1),
+            "p99": round(values[int(len(values) * 0.99) - 1], 1),
+            "max": round(values[-1], 1), "n": len(values)}
+
+
+if __name__ == "__main__":
+    main()
