@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.conftest import Env, wait_for
+from tests.e2e.conftest import Env, Worker, wait_for
 from tests.e2e.streams import TS, Stream, balances, letters_by_message, processed, send_raw, shop, sql
 
 pytestmark = pytest.mark.e2e
@@ -240,6 +240,18 @@ def test_poison_message_is_dead_lettered_after_bounded_crashes(deploy, broker: s
     assert balances(env)["victim"] == 105
 
 
+def sigkill_pool_processes(worker: Worker) -> int:
+    """SIGKILL the processes that apply events; their messages must be delivered again."""
+    killed = 0
+    for pid in worker.children():
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:  # the pool replaced it meanwhile
+            pass
+    return killed
+
+
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_sigkilled_worker_loses_and_doubles_nothing(deploy, broker: str) -> None:
     env = deploy(broker, **FAST)
@@ -248,12 +260,22 @@ def test_sigkilled_worker_loses_and_doubles_nothing(deploy, broker: str) -> None
     stream.publish(env, stream.signups)
     wait_for(lambda: processed(env) >= len(stream.signups), 60, "the signups")
     stream.publish(env, stream.messages[len(stream.signups):])
-    wait_for(lambda: processed(env) > len(stream.signups) + 40, 60, "some orders")
-    worker.kill()  # SIGKILL main process and pool: unacked messages must come back
-    assert processed(env) < stream.distinct_events, "the stream finished before the kill"
-    env.worker(concurrency=2)
+    for step in range(3):
+        wait_for(lambda s=step: processed(env) > len(stream.signups) + 30 * (s + 1), 60,
+                 "some orders")
+        assert sigkill_pool_processes(worker) > 0
+    if broker == "rabbitmq":
+        # The whole worker too. Not on Redis: see README, "Known limits" (kombu pops a
+        # message before it records it as unacknowledged, so a SIGKILL of the consuming
+        # main process in between loses that message).
+        worker.kill()
+        assert processed(env) < stream.distinct_events, "the stream finished before the kill"
+        worker = env.worker(concurrency=2)
     wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
     wait_for(lambda: drained(env), 60, "the queues to drain")
+    assert worker.alive()
+    assert any(r.get("msg") == "worker process lost, message will be delivered again"
+               for w in env.workers for r in w.logs())
     assert balances(env) == stream.expected
     assert env.cli_json("verify")["ok"]
 
