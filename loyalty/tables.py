@@ -21,7 +21,6 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
-    UniqueConstraint,
     func,
     text,
 )
@@ -254,7 +253,6 @@ message_crashes = Table(
 )
 
 __all__ = [
-    "UniqueConstraint",
     "accounts",
     "adjust_requests",
     "contacts",

@@ -79,5 +79,3 @@ def store(message: Any, reason: str, detail: str, task_name: str | None = None) 
                                          "detail": detail, "dead_letter_id": letter_id})
     return letter_id
 
-
-__all__ = ["TransientError", "raw_body", "store"]
