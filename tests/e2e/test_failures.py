@@ -298,3 +298,34 @@ def test_dropped_database_connections_lose_and_double_nothing(deploy) -> None:
     assert balances(env) == stream.expected
     assert env.cli_json("verify")["ok"]
     assert worker.alive()
+
+
+def test_reused_ids_with_other_content_are_conflicts_never_applied(deploy) -> None:
+    env = deploy("redis", **FAST)
+    env.worker()
+    client = shop(env)
+    env.cli("publish", "signup", "--contact-id", "dup")
+    wait_for(lambda: balances(env).get("dup") == 100, 30, "the signup")
+    order = {"event_id": "same-id", "contact_id": "dup", "order_id": "o-1", "total": "20.00",
+             "currency": "USD", "occurred_at": TS}
+    client.send_task("loyalty.events.order_completed", args=[order], queue="loyalty.events")
+    wait_for(lambda: balances(env).get("dup") == 120, 30, "the first order")
+    other = client.send_task("loyalty.events.order_completed",
+                             args=[{**order, "order_id": "o-2", "total": "500.00"}],
+                             queue="loyalty.events").id
+    wait_for(lambda: letters_by_message(env).get(other) == "idempotency_conflict", 30,
+             "the conflicting event to be dead-lettered")
+    request = {"request_id": "req-1", "contact_id": "dup", "amount": 5, "description": "d",
+               "actor": "ops"}
+    first = client.send_task("loyalty.accounts.adjust_points", args=[request],
+                             queue="loyalty.admin").get(timeout=30)
+    assert first["status"] == "applied"
+    conflict = client.send_task("loyalty.accounts.adjust_points",
+                                args=[{**request, "amount": 500}], queue="loyalty.admin")
+    result = conflict.get(timeout=30)
+    assert (result["status"], result["reason"]) == ("rejected", "idempotency_conflict")
+    assert letters_by_message(env)[conflict.id] == "idempotency_conflict"
+    again = client.send_task("loyalty.accounts.adjust_points", args=[request],
+                             queue="loyalty.admin").get(timeout=30)
+    assert again == first
+    assert balances(env)["dup"] == 125
