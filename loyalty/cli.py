@@ -18,9 +18,10 @@ from typing import Any
 import click
 
 from loyalty import db
-from loyalty.errors import LoyaltyError, NotMigratedError, TransientError
+from loyalty.errors import InvalidPayload, LoyaltyError, NotMigratedError, TransientError
 from loyalty.ledger import Ledger
 from loyalty.settings import Settings, mask_url
+from loyalty.views import InvalidCursor
 
 JSON_HELP = "Print one JSON document instead of text."
 
@@ -566,12 +567,13 @@ def dlq_replay(ctx: Context, ids: tuple[int, ...], reason: str | None, since: st
     from loyalty import replay as replaying
 
     ledger = ctx.ledger()
-    letter_ids = ledger.pending_dead_letter_ids(ids=list(ids) or None, reason=reason,
-                                                since=_since(since))
     if ids:
-        missing = sorted(set(ids) - set(letter_ids))
-        for letter_id in missing:
+        # Named letters are all reported, a letter that is not pending as "skipped".
+        letter_ids = list(dict.fromkeys(ids))
+        for letter_id in letter_ids:
             ledger.dead_letter(letter_id)  # one-line error if it does not exist at all
+    else:
+        letter_ids = ledger.pending_dead_letter_ids(reason=reason, since=_since(since))
     label = "dry run" if dry_run else "replaying"
     with click.progressbar(length=len(letter_ids), label=label, file=sys.stderr,
                            show_pos=True) as bar:
@@ -619,6 +621,9 @@ def main(argv: list[str] | None = None) -> None:
     except NotMigratedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(3)
+    except (InvalidPayload, InvalidCursor) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except LoyaltyError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

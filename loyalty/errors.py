@@ -55,6 +55,10 @@ class DeadLetterNotFound(LoyaltyError):
     reason = "dead_letter_not_found"
 
 
+class DeadLetterNotPending(LoyaltyError):
+    reason = "dead_letter_not_pending"
+
+
 class NotReplayable(LoyaltyError):
     """A letter that no task can take: an unknown task, or a body that is not JSON."""
 

@@ -32,6 +32,7 @@ from loyalty.errors import (
     AccountNotFound,
     ContactConflict,
     DeadLetterNotFound,
+    DeadLetterNotPending,
     IdempotencyConflict,
     InvalidPayload,
     LoyaltyError,
@@ -552,6 +553,8 @@ class Ledger:
                           money_amount=merged["money_amount"], currency=merged["currency"],
                           status=merged["status"])
             _check_name(merged["name"])
+            if all(merged[f] == current[f] for f in given):
+                return current  # nothing changes, so the revision does not move either
             return conn.execute(
                 update(earn_rules)
                 .where(earn_rules.c.id == rule_id)
@@ -699,7 +702,7 @@ class Ledger:
                     dead_letters.c.id == letter_id)).scalar()
                 if current is None:
                     raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
-                raise InvalidPayload(f"dead letter {letter_id} is {current}, not pending")
+                raise DeadLetterNotPending(f"dead letter {letter_id} is {current}, not pending")
             return row
 
         return views.dead_letter_json(self._run(work))

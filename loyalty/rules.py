@@ -72,7 +72,8 @@ def validate_rule(
         raise RuleError("a fixed rule takes no money amount")
     if kind == "conversion":
         if money_amount is None or not money_amount.is_finite() or money_amount <= 0:
-            raise RuleError("a conversion rule needs a money amount above 0 (P points per M)")
+            raise RuleError("a conversion rule needs a money amount M above 0, as in P points per"
+                            " M money units (--per on the command line)")
         if money_amount > MAX_MONEY or money_amount.as_tuple().exponent < -4:  # type: ignore[operator]
             raise RuleError("the money amount allows at most 14 digits and 4 decimals")
     if trigger == "signup" and (kind != "fixed" or currency is not None):

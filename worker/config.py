@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from loyalty.settings import Settings
 
 EVENTS_QUEUE = "loyalty.events"
 ADMIN_QUEUE = "loyalty.admin"
+
+
+def _queue(name: str) -> Queue:
+    """Exactly what a bare Celery client declares for `send_task(..., queue=name)`:
+    a direct exchange and a routing key both named after the queue. Without them
+    Celery would bind every queue with the default queue's key."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -37,7 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         # Same declarations as a bare `send_task(..., queue="loyalty.events")`
         # client makes, so producers without our code agree with the worker.
-        "task_queues": [Queue(EVENTS_QUEUE), Queue(ADMIN_QUEUE)],
+        "task_queues": [_queue(EVENTS_QUEUE), _queue(ADMIN_QUEUE)],
         "task_default_queue": EVENTS_QUEUE,
         "task_routes": {
             "loyalty.events.*": {"queue": EVENTS_QUEUE},

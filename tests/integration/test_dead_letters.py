@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from loyalty import db
-from loyalty.errors import DeadLetterNotFound, InvalidPayload
+from loyalty.errors import DeadLetterNotFound, DeadLetterNotPending
 from loyalty.ledger import Ledger
 from loyalty.replay import decode_letter, replay
 from tests.integration.test_ledger import TS, signup
@@ -115,7 +115,7 @@ def test_discard_keeps_the_letter_with_reason_and_actor(ledger: Ledger) -> None:
     discarded = ledger.discard_dead_letter(letter_id, why="test order", actor="carol")
     assert (discarded["status"], discarded["discarded_by"], discarded["discard_reason"]) == (
         "discarded", "carol", "test order")
-    with pytest.raises(InvalidPayload, match="discarded, not pending"):
+    with pytest.raises(DeadLetterNotPending, match="discarded, not pending"):
         ledger.discard_dead_letter(letter_id, why="again", actor="carol")
     with pytest.raises(DeadLetterNotFound):
         ledger.discard_dead_letter(999, why="x", actor="y")

@@ -237,3 +237,9 @@ def test_dead_letter_redelivery_counts_attempts(ledger: Ledger) -> None:
     ledger.add_dead_letter(task_name="t", message_id=None, payload='"\\u0000"',
                            headers={}, reason="invalid_payload", error_detail="nul")
     assert ledger.list_dead_letters(reason="invalid_payload")["items"][1]["payload"] == '"\\u0000"'
+
+
+def test_rule_update_that_changes_nothing_keeps_the_revision(ledger: Ledger) -> None:
+    assert ledger.update_rule(1, status="ACTIVE")["revision"] == 1
+    assert ledger.update_rule(1, points=100)["revision"] == 1
+    assert ledger.update_rule(1, points=101)["revision"] == 2

@@ -48,3 +48,14 @@ def test_secrets_are_masked() -> None:
     line = formatter.format(record)
     assert "s3cr3t" not in line and "hunter2" not in line
     assert '"msg": "cannot connect to postgresql+psycopg://app:***@db/loyalty"' in line
+
+
+def test_each_queue_has_its_own_exchange_and_key() -> None:
+    """A bare client's send_task(queue=...) declares exactly these; nothing lands twice."""
+    from worker.config import celery_config
+
+    queues = celery_config(Settings.from_env({}))["task_queues"]
+    assert [(q.name, q.exchange.name, q.exchange.type, q.routing_key) for q in queues] == [
+        ("loyalty.events", "loyalty.events", "direct", "loyalty.events"),
+        ("loyalty.admin", "loyalty.admin", "direct", "loyalty.admin"),
+    ]
