@@ -220,15 +220,13 @@ class Ledger:
         fingerprint = event.fingerprint()
 
         def work(conn: Connection) -> EventOutcome:
+            # Looked up once, after the account lock that serialises deliveries of this event.
+            account = self._lock_account(conn, contact_id=event.contact_id)
             seen = self._seen_event(conn, event.event_id, fingerprint)
             if seen:
                 return seen
-            account = self._lock_account(conn, contact_id=event.contact_id)
             if account is None:
                 raise AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
-            seen = self._seen_event(conn, event.event_id, fingerprint)
-            if seen:
-                return seen
             record = {"event_id": event.event_id, "event_type": "order.completed",
                       "fingerprint": fingerprint, "contact_id": event.contact_id,
                       "account_id": account["id"], "order_id": event.order_id}
@@ -344,9 +342,7 @@ class Ledger:
             return dict(row.result)
 
         def work(conn: Connection) -> dict[str, Any]:
-            first = previous(conn)
-            if first is not None:
-                return first
+            # Looked up once, after the account lock that serialises repeats of this request.
             account = self._lock_account(
                 conn,
                 account_id=UUID(request.account_id) if request.account_id else None,
@@ -368,10 +364,8 @@ class Ledger:
                     expected_revision=request.revision,
                 )
                 if decision.applied:
-                    entry_id = self._adjust(conn, account, decision.delta, decision.balance_after,
-                                            request)
-                    account = self._lock_account(conn, account_id=account["id"])
-                    assert account is not None
+                    entry_id, account = self._adjust(conn, account, decision.delta,
+                                                     decision.balance_after, request)
                     result = {"status": "applied", "transaction_id": str(entry_id),
                               "account": views.account_json(account)}
                 else:
@@ -401,7 +395,8 @@ class Ledger:
         raise NotReplayable(f"{type(message).__name__} is not a ledger message")
 
     def _adjust(self, conn: Connection, account: Mapping[Any, Any], delta: int, balance_after: int,
-                request: AdjustPointsRequest) -> UUID:
+                request: AdjustPointsRequest) -> tuple[UUID, dict[str, Any]]:
+        """Write the ADJUST entry; returns its id and the account as it now stands."""
         entry_id: UUID = conn.execute(
             ledger_entries.insert()
             .values(
@@ -416,7 +411,7 @@ class Ledger:
             )
             .returning(ledger_entries.c.id)
         ).scalar_one()
-        conn.execute(
+        updated = conn.execute(
             update(accounts)
             .where(accounts.c.id == account["id"])
             .values(
@@ -426,8 +421,9 @@ class Ledger:
                 updated_at=func.now(),
                 last_activity_at=func.now(),
             )
-        )
-        return entry_id
+            .returning(accounts)
+        ).mappings().one()
+        return entry_id, {**updated, "member_id": account["member_id"]}
 
     # -- accounts and transactions (reads) ---------------------------------------
 
