@@ -103,6 +103,22 @@ class Stream:
         self.distinct_events = len(signups) + len(orders) + len(resent)
         self.expected = dict(expected)
 
+    def expected_given(self, applied: set[str]) -> dict[str, int]:
+        """Balances if exactly the events in `applied` were applied (an order earns once)."""
+        balances: dict[str, int] = {}
+        earned_orders: set[str] = set()
+        for name, payload in self.messages:
+            if payload["event_id"] not in applied:
+                continue
+            contact = payload["contact_id"]
+            if name.endswith("signup"):
+                balances[contact] = balances.get(contact, 0) + 100
+            elif payload["order_id"] not in earned_orders:
+                earned_orders.add(payload["order_id"])
+                points = int(Decimal(payload["total"]).to_integral_value(ROUND_FLOOR))
+                balances[contact] = balances.get(contact, 0) + points
+        return balances
+
     def publish(self, env: Env, messages: list[tuple[str, dict[str, Any]]] | None = None) -> None:
         client = shop(env)
         for name, payload in messages if messages is not None else self.messages:
