@@ -9,14 +9,15 @@ exceptions, so callers never import psycopg or SQLAlchemy to decide what to do.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy import BigInteger, Connection, Engine, column, func, select, text, tuple_, update, values
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import (
     DataError,
@@ -72,6 +73,12 @@ _RACE_CONSTRAINTS = frozenset(
         "uq_dead_letters_message_id",
     }
 )
+
+#: deadlock_detected, serialization_failure
+_RETRY_STATES = frozenset({"40P01", "40001"})
+
+#: Rows per multi-row INSERT, well below PostgreSQL's 65,535 bind parameters.
+_CHUNK = 1000
 
 _ACCOUNT = select(accounts, contacts.c.member_id).join(
     contacts, contacts.c.contact_id == accounts.c.contact_id
@@ -137,6 +144,10 @@ class Ledger:
                     continue
                 raise LedgerIntegrityError(f"{name or 'constraint'}: {exc.orig}") from exc
             except (OperationalError, InterfaceError) as exc:
+                # Two batches that touch the same accounts in different phases can
+                # deadlock; PostgreSQL aborts one, and it simply runs again.
+                if getattr(exc.orig, "sqlstate", None) in _RETRY_STATES and attempt < 2:
+                    continue
                 raise TransientError(f"database unavailable: {str(exc.orig).strip()}") from exc
             except DataError as exc:
                 # Values PostgreSQL cannot hold (a NUL character, an out-of-range number).
@@ -258,18 +269,171 @@ class Ledger:
         ).mappings().first()
         if row is None:
             return None
-        if row["fingerprint"] != fingerprint:
-            raise IdempotencyConflict(
-                f"event_id {event_id!r} was already applied with a different payload"
+        return _seen_outcome(row, event_id, fingerprint)
+
+    # -- batches ---------------------------------------------------------------
+
+    def apply_events(self, events: Sequence[SignupEvent | OrderCompletedEvent]
+                     ) -> list[EventOutcome | LoyaltyError]:
+        """Apply many events in one transaction, with the effect of applying them in order.
+
+        An event that cannot be applied gets its error in its slot of the result and
+        writes nothing; the others commit. Orders are written set-based: their
+        accounts are locked in id order (so concurrent batches never deadlock each
+        other), then one multi-row INSERT per table and one UPDATE per account.
+        """
+        if not events:
+            return []
+        return self._run(lambda conn: self._events_work(conn, events))
+
+    def _events_work(self, conn: Connection, events: Sequence[SignupEvent | OrderCompletedEvent]
+                     ) -> list[EventOutcome | LoyaltyError]:
+        results: list[EventOutcome | LoyaltyError | None] = [None] * len(events)
+        # Signups first, in stream order (which one gets a contested member_id depends on
+        # it): an order may follow its signup in the same batch. Two batches of signups
+        # for the same contacts can deadlock; PostgreSQL aborts one and `_run` reruns it.
+        for i, event in enumerate(events):
+            if isinstance(event, SignupEvent):
+                results[i] = self._guarded(conn, self._signup_work(event))
+        orders = [(i, e) for i, e in enumerate(events) if isinstance(e, OrderCompletedEvent)]
+        if orders:
+            self._orders_work(conn, orders, results)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _guarded(self, conn: Connection, work: Callable[[Connection], EventOutcome]
+                 ) -> EventOutcome | LoyaltyError:
+        """Run one event's work in a savepoint, so that its failure undoes only itself."""
+        try:
+            with conn.begin_nested():
+                return work(conn)
+        except LoyaltyError as exc:
+            return exc
+        except IntegrityError as exc:
+            if _constraint(exc) == "uq_contacts_member_id":
+                return ContactConflict("member_id is already linked to another contact")
+            raise
+        except DataError as exc:
+            return InvalidPayload(f"the database refused a value: {str(exc.orig).strip()}")
+
+    def _orders_work(self, conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
+                     results: list[EventOutcome | LoyaltyError | None]) -> None:
+        """Apply orders in rounds: each round takes one occurrence of every event_id.
+
+        A later occurrence of an event_id is a duplicate of an applied earlier one, or a
+        conflict if its content differs; if the earlier one failed, it is tried afresh
+        in the next round, as it would be one by one.
+        """
+        by_index = dict(orders)
+        pending = orders
+        while pending:
+            taken: dict[str, int] = {}
+            round_items: list[tuple[int, OrderCompletedEvent]] = []
+            later: list[tuple[int, OrderCompletedEvent]] = []
+            for i, event in pending:
+                if event.event_id in taken:
+                    later.append((i, event))
+                else:
+                    taken[event.event_id] = i
+                    round_items.append((i, event))
+            self._orders_round(conn, round_items, results)
+            pending = []
+            for i, event in later:
+                first = taken[event.event_id]
+                done = results[first]
+                same = event.fingerprint() == by_index[first].fingerprint()
+                if isinstance(done, EventOutcome):
+                    results[i] = replace(done, duplicate=True) if same else IdempotencyConflict(
+                        f"event_id {event.event_id!r} was already applied with a different payload")
+                elif same:
+                    results[i] = done
+                else:
+                    pending.append((i, event))
+
+    def _orders_round(self, conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
+                      results: list[EventOutcome | LoyaltyError | None]) -> None:
+        primaries = [(i, event, event.fingerprint()) for i, event in orders]
+        contact_ids = sorted({e.contact_id for _, e, _ in primaries})
+        locked = {row["contact_id"]: row for row in conn.execute(
+            _ACCOUNT.where(accounts.c.contact_id.in_(contact_ids))
+            .order_by(accounts.c.id).with_for_update(of=accounts)).mappings()}
+        # Looked up after the locks, which serialise concurrent deliveries of an event.
+        seen = {row["event_id"]: row for row in conn.execute(
+            select(processed_events).where(
+                processed_events.c.event_id.in_([e.event_id for _, e, _ in primaries]))
+        ).mappings()}
+        pairs = {(locked[e.contact_id]["id"], e.order_id) for _, e, _ in primaries
+                 if e.contact_id in locked and e.event_id not in seen}
+        earned: set[tuple[UUID, str]] = set()
+        if pairs:
+            earned = {(a, o) for a, o in conn.execute(
+                select(ledger_entries.c.account_id, ledger_entries.c.order_id).where(
+                    ledger_entries.c.type == "EARN", ledger_entries.c.order_id.isnot(None),
+                    tuple_(ledger_entries.c.account_id, ledger_entries.c.order_id).in_(
+                        sorted(pairs, key=str))))}
+        rules = self._active_rules(conn, "order.completed") if pairs else []
+
+        running = {row["id"]: row["balance"] for row in locked.values()}
+        credits: dict[UUID, int] = {}
+        changes: dict[UUID, int] = {}
+        entries: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        for i, event, fingerprint in primaries:
+            row = seen.get(event.event_id)
+            if row is not None:
+                results[i] = _try(lambda r=row, e=event, f=fingerprint:  # type: ignore[misc]
+                                  _seen_outcome(r, e.event_id, f))
+                continue
+            account = locked.get(event.contact_id)
+            if account is None:
+                results[i] = AccountNotFound(
+                    f"no loyalty account for contact_id {event.contact_id!r}")
+                continue
+            account_id = account["id"]
+            outcome, points, entry_id = "duplicate_order", 0, None
+            if (account_id, event.order_id) not in earned:
+                rule = select_rule(rules, "order.completed", event.currency)
+                if rule is None:
+                    results[i] = NoActiveRule(
+                        f"no active order.completed rule for currency {event.currency}")
+                    continue
+                points = rule.points_for(event.total)
+                outcome = "no_points"
+                if points:
+                    outcome, entry_id = "earned", uuid4()
+                    earned.add((account_id, event.order_id))
+                    running[account_id] += points
+                    credits[account_id] = credits.get(account_id, 0) + points
+                    changes[account_id] = changes.get(account_id, 0) + 1
+                    entries.append(_earn_entry(entry_id, account_id, running[account_id], rule,
+                                               points, event.event_id, "order.completed",
+                                               event.order_id, f"Order {event.order_id}"))
+            records.append({"event_id": event.event_id, "event_type": "order.completed",
+                            "fingerprint": fingerprint, "contact_id": event.contact_id,
+                            "account_id": account_id, "order_id": event.order_id,
+                            "outcome": outcome, "points": points, "ledger_entry_id": entry_id})
+            results[i] = EventOutcome(event_id=event.event_id, outcome=outcome, points=points,
+                                      account_id=str(account_id),
+                                      ledger_entry_id=str(entry_id) if entry_id else None)
+        # Entries go in in batch order: the chain trigger checks each balance_after.
+        for chunk in _chunks(entries):
+            conn.execute(ledger_entries.insert().values(chunk))
+        if credits:
+            delta = values(column("id", PG_UUID(as_uuid=True)), column("points", BigInteger()),
+                           column("entries", BigInteger()), name="delta").data(
+                [(a, credits[a], changes[a]) for a in sorted(credits, key=str)])
+            conn.execute(
+                update(accounts).where(accounts.c.id == delta.c.id).values(
+                    balance=accounts.c.balance + delta.c.points,
+                    earned=accounts.c.earned + delta.c.points,
+                    # The revision counts changes: one per entry, as one by one.
+                    revision=accounts.c.revision + delta.c.entries,
+                    updated_at=func.now(),
+                    last_activity_at=func.now(),
+                )
             )
-        return EventOutcome(
-            event_id=event_id,
-            outcome=row["outcome"],
-            points=row["points"],
-            account_id=str(row["account_id"]),
-            ledger_entry_id=str(row["ledger_entry_id"]) if row["ledger_entry_id"] else None,
-            duplicate=True,
-        )
+        for chunk in _chunks(records):
+            conn.execute(processed_events.insert().values(chunk))
 
     def _record(self, conn: Connection, record: dict[str, Any], outcome: str, points: int = 0,
                 entry_id: UUID | None = None) -> EventOutcome:
@@ -288,23 +452,10 @@ class Ledger:
 
     def _earn(self, conn: Connection, account: Mapping[Any, Any], rule: EarnRule, points: int,
               event_id: str, event_type: str, order_id: str | None, description: str) -> UUID:
-        entry_id: UUID = conn.execute(
-            ledger_entries.insert()
-            .values(
-                account_id=account["id"],
-                type="EARN",
-                amount=points,
-                balance_after=account["balance"] + points,
-                description=description[:256],
-                idempotency_key=f"event:{event_id}",
-                event_type=event_type,
-                event_id=event_id,
-                order_id=order_id,
-                rule_id=rule.id,
-                rule_revision=rule.revision,
-            )
-            .returning(ledger_entries.c.id)
-        ).scalar_one()
+        entry_id = uuid4()
+        conn.execute(ledger_entries.insert().values(_earn_entry(
+            entry_id, account["id"], account["balance"] + points, rule, points, event_id,
+            event_type, order_id, description)))
         conn.execute(
             update(accounts)
             .where(accounts.c.id == account["id"])
@@ -809,6 +960,52 @@ _VERIFY_CHECKS = {
         SELECT a.id AS account_id, a.contact_id FROM accounts a
         LEFT JOIN contacts c ON c.contact_id = a.contact_id WHERE c.contact_id IS NULL""",
 }
+
+
+def _seen_outcome(row: Mapping[Any, Any], event_id: str, fingerprint: str) -> EventOutcome:
+    """What an earlier delivery of this event did, or a conflict if its content differed."""
+    if row["fingerprint"] != fingerprint:
+        raise IdempotencyConflict(
+            f"event_id {event_id!r} was already applied with a different payload"
+        )
+    return EventOutcome(
+        event_id=event_id,
+        outcome=row["outcome"],
+        points=row["points"],
+        account_id=str(row["account_id"]),
+        ledger_entry_id=str(row["ledger_entry_id"]) if row["ledger_entry_id"] else None,
+        duplicate=True,
+    )
+
+
+def _try(outcome: Callable[[], EventOutcome]) -> EventOutcome | LoyaltyError:
+    try:
+        return outcome()
+    except LoyaltyError as exc:
+        return exc
+
+
+def _earn_entry(entry_id: UUID, account_id: UUID, balance_after: int, rule: EarnRule,
+                points: int, event_id: str, event_type: str, order_id: str | None,
+                description: str) -> dict[str, Any]:
+    return {
+        "id": entry_id,
+        "account_id": account_id,
+        "type": "EARN",
+        "amount": points,
+        "balance_after": balance_after,
+        "description": description[:256],
+        "idempotency_key": f"event:{event_id}",
+        "event_type": event_type,
+        "event_id": event_id,
+        "order_id": order_id,
+        "rule_id": rule.id,
+        "rule_revision": rule.revision,
+    }
+
+
+def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [rows[i:i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
 
 
 def _storable(text: str | None) -> str | None:
