@@ -69,8 +69,8 @@ def test_ledger_is_append_only(raw: psycopg.Connection, account_id: str, sql: st
     assert "append-only" in refused(raw, sql)
 
 
-def test_revision_moves_by_exactly_one(raw: psycopg.Connection, account_id: str) -> None:
-    assert "revision" in refused(raw, "UPDATE accounts SET revision = revision + 2 WHERE id = %s",
+def test_revision_only_goes_up(raw: psycopg.Connection, account_id: str) -> None:
+    assert "revision" in refused(raw, "UPDATE accounts SET revision = revision - 1 WHERE id = %s",
                                  (account_id,))
     assert "revision" in refused(raw, "UPDATE accounts SET updated_at = now() WHERE id = %s",
                                  (account_id,))
