@@ -34,6 +34,10 @@ class Settings:
     task_time_limit: int = 60
     #: Messages a worker process reserves ahead; unacked ones are re-delivered.
     prefetch_multiplier: int = 4
+    #: Events applied per transaction on the batch path; 1 turns batching off.
+    batch_size: int = 500
+    #: Longest a buffered event waits for its batch to fill, in milliseconds.
+    batch_wait_ms: int = 10
     #: Retries of a transient failure (database down, deadlock) before dead-lettering.
     max_retries: int = 8
     #: Upper bound of the exponential retry delay, in seconds.
@@ -104,6 +108,10 @@ class Settings:
         for name in ("max_retries", "not_found_retries"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must not be negative")
+        if not 1 <= self.batch_size <= 5000:
+            raise SettingsError("LOYALTY_BATCH_SIZE must be between 1 and 5000")
+        if not 1 <= self.batch_wait_ms <= 10_000:
+            raise SettingsError("LOYALTY_BATCH_WAIT_MS must be between 1 and 10000")
         if self.poison_deliveries < 1:
             raise SettingsError("LOYALTY_POISON_DELIVERIES must be at least 1")
         if not 0 < self.not_found_backoff <= self.retry_backoff_max:

@@ -3,6 +3,7 @@
 from schemas.events import (
     TASKS,
     AdjustPointsRequest,
+    BulkEvents,
     Contract,
     OrderCompletedEvent,
     PayloadError,
@@ -15,6 +16,7 @@ from schemas.events import (
 __all__ = [
     "TASKS",
     "AdjustPointsRequest",
+    "BulkEvents",
     "Contract",
     "OrderCompletedEvent",
     "PayloadError",

@@ -191,10 +191,41 @@ class ReplayRequest(Contract):
         return self
 
 
+#: Events per bulk message: big enough to amortise a message, small enough for one batch.
+BULK_MAX_EVENTS = 1000
+
+#: A bulk item's `type` -> the single-event task whose payload it carries.
+BULK_TYPES = {"signup": "loyalty.events.signup",
+              "order.completed": "loyalty.events.order_completed"}
+
+
+class BulkItem(BaseModel):
+    """One event of a bulk message; its payload is checked on its own, against its task."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    type: Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(BULK_TYPES)})]
+    payload: dict[str, Any] = Field(description=(
+        "the payload of loyalty.events.signup or loyalty.events.order_completed, by type"))
+
+
+class BulkEvents(Contract):
+    """Payload of `loyalty.events.bulk`: many events in one message, for importers and replays.
+
+    Each event keeps its own idempotency and its own dead-lettering: a bad one is
+    dead-lettered alone, under its single-event task name, and the others apply.
+    """
+
+    model_config = ConfigDict(title="loyalty.events.bulk")
+
+    events: Annotated[list[BulkItem], Field(min_length=1, max_length=BULK_MAX_EVENTS)]
+
+
 # Task name -> (queue, payload model): the whole public contract in one table.
 TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.events.signup": ("loyalty.events", SignupEvent),
     "loyalty.events.order_completed": ("loyalty.events", OrderCompletedEvent),
+    "loyalty.events.bulk": ("loyalty.events", BulkEvents),
     "loyalty.accounts.adjust_points": ("loyalty.admin", AdjustPointsRequest),
     "loyalty.deadletters.replay": ("loyalty.admin", ReplayRequest),
 }

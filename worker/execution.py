@@ -96,3 +96,22 @@ def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reaso
                                          "dead_letter_id": letter_id})
     return {"status": "dead_lettered", "reason": reason, "detail": detail,
             "dead_letter_id": letter_id}
+
+
+def run_bulk(task: Task, model: type[Contract], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+    """A bulk message taken alone (a re-delivery, or batching off): the batch path, once."""
+    from worker import batching
+
+    request = task.request
+    item = {"task": task.name, "id": request.id, "args": list(args), "kwargs": kwargs,
+            "retries": request.retries or 0,
+            "body": json.dumps([list(args), kwargs, {}], default=repr),
+            "delivery_info": request.delivery_info or {}}
+    if batching.apply_batch([item]) == [batching.ACK]:
+        return {"status": "applied"}
+    retries = request.retries or 0
+    if should_retry(retries, settings().max_retries):
+        return retry(task, TransientError("the database is unavailable"),
+                     backoff_seconds(retries, cap=settings().retry_backoff_max))
+    return dead_letter(task, args, kwargs, "retries_exhausted", "the database stayed unavailable")

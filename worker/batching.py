@@ -1,0 +1,320 @@
+"""Taking event messages from the broker in batches, and applying each batch in one transaction.
+
+Stock Celery runs one Request per message: the main process builds it, ships it
+to a pool process, and the task commits one transaction. That machinery, not
+PostgreSQL, bounds a worker to a few hundred events a second. Here the event
+tasks get a Celery *strategy* of their own (the hook celery-batches also uses):
+
+- the main process decodes each fresh message and buffers it;
+- the buffer is flushed when it holds LOYALTY_BATCH_SIZE events, or when its
+  oldest one has waited LOYALTY_BATCH_WAIT_MS, as one job to a pool process;
+- the pool process validates every event, applies the valid ones with one
+  set-based transaction (`Ledger.apply_events`), and retries or dead-letters
+  each failed event on its own;
+- the main process acknowledges the batch's messages only after that commit.
+
+Anything unusual goes through the stock per-message path instead, which has its
+own retry, crash counting and poison handling: a message with an ETA (a retry),
+a re-delivered one (its batch may have crashed, so it must be tried alone), a
+non-JSON (signed) body, or a body that is not a plain `[args, kwargs, embed]`.
+A batch whose whole transaction fails, or whose pool process dies, is requeued
+and its messages come back re-delivered, so one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task
+from celery.worker.strategy import default as default_strategy
+
+from loyalty.errors import AccountNotFound, InvalidPayload, LoyaltyError, TransientError
+from loyalty.ledger import EventOutcome
+from loyalty.retry import backoff_seconds, should_retry
+from schemas.events import (
+    BULK_TYPES,
+    TASKS,
+    BulkEvents,
+    OrderCompletedEvent,
+    PayloadError,
+    SignupEvent,
+    parse_task_args,
+)
+from worker.app import ledger, settings
+
+log = logging.getLogger("loyalty.batches")
+
+BULK_TASK = "loyalty.events.bulk"
+EVENT_TASKS = frozenset({"loyalty.events.signup", "loyalty.events.order_completed", BULK_TASK})
+
+ACK, REQUEUE = "ack", "requeue"
+
+
+# -- the pool process: apply a batch ---------------------------------------------
+
+
+@dataclass
+class Event:
+    """One event to apply: a single-event message, or one item of a bulk message."""
+
+    message: int  # index of its message in the batch
+    task: str  # the single-event task it belongs to
+    message_id: str  # the Celery task id; `<bulk id>#<n>` for a bulk item
+    payload: Any
+    retries: int
+    delivery_info: dict[str, Any]
+    parsed: SignupEvent | OrderCompletedEvent | None = None
+
+
+def apply_batch(items: list[dict[str, Any]]) -> list[str]:
+    """Apply the messages of one batch; returns ACK or REQUEUE for each message.
+
+    Runs in a pool process. Never raises for a message's content: a bad event is
+    dead-lettered, an event that is not applicable yet is published again for
+    later, and only a failure of the whole transaction requeues the batch.
+    """
+    verdicts = [ACK] * len(items)
+    events: list[Event] = []
+    for index, item in enumerate(items):
+        try:
+            events += _expand(index, item)
+        except InvalidPayload as exc:
+            _dead_letter(Event(index, item["task"], item["id"], None, item["retries"],
+                               item["delivery_info"]), "invalid_payload", str(exc),
+                         body=item["body"], verdicts=verdicts)
+    valid = []
+    for event in events:
+        try:
+            model = TASKS[event.task][1]
+            event.parsed = parse_task_args(model, [event.payload], {})  # type: ignore[assignment]
+            valid.append(event)
+        except PayloadError as exc:
+            _dead_letter(event, "invalid_payload", str(exc), verdicts=verdicts)
+    if not valid:
+        return verdicts
+    started = time.perf_counter()
+    try:
+        results: list[EventOutcome | LoyaltyError | None] = list(
+            ledger().apply_events([e.parsed for e in valid]))  # type: ignore[misc]
+    except TransientError as exc:  # the database is away: the messages wait on the broker
+        log.warning("batch failed, requeueing its messages", extra={
+            "events": len(valid), "error": str(exc)})
+        for event in valid:
+            verdicts[event.message] = REQUEUE
+        return verdicts
+    except Exception as exc:  # the database refused the whole batch: find the culprit alone
+        log.error("batch refused, applying its events one by one", exc_info=True,
+                  extra={"events": len(valid), "error": str(exc)})
+        results = [_alone(event) for event in valid]
+    applied = 0
+    for event, result in zip(valid, results, strict=True):
+        if result is None:
+            verdicts[event.message] = REQUEUE
+        elif isinstance(result, EventOutcome):
+            applied += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("processed", extra={"task": event.task, "task_id": event.message_id,
+                                              "result": result.as_dict()})
+        elif isinstance(result, AccountNotFound):
+            _retry_later(event, result, verdicts)
+        else:
+            _dead_letter(event, result.reason, str(result), verdicts=verdicts)
+    log.info("batch applied", extra={
+        "messages": len(items), "events": len(events), "applied": applied,
+        "failed": len(events) - applied, "ms": round((time.perf_counter() - started) * 1000, 1)})
+    return verdicts
+
+
+class InternalError(LoyaltyError):
+    reason = "internal_error"
+
+
+def _alone(event: Event) -> EventOutcome | LoyaltyError | None:
+    """One event in its own transaction; None when the database is away."""
+    try:
+        return ledger().apply_events([event.parsed])[0]  # type: ignore[list-item]
+    except TransientError:
+        return None
+    except LoyaltyError as exc:
+        return exc
+    except Exception as exc:  # a bug must not lose the event: it is dead-lettered
+        return InternalError(f"{type(exc).__name__}: {exc}")
+
+
+def _expand(index: int, item: dict[str, Any]) -> list[Event]:
+    args, kwargs = item["args"], item["kwargs"]
+    if item["task"] != BULK_TASK:
+        if kwargs or len(args) != 1:
+            raise InvalidPayload("the task takes exactly one positional argument, a JSON object")
+        return [Event(index, item["task"], item["id"], args[0], item["retries"],
+                      item["delivery_info"])]
+    try:
+        bulk = parse_task_args(BulkEvents, args, kwargs)
+    except PayloadError as exc:
+        raise InvalidPayload(str(exc)) from None
+    return [Event(index, BULK_TYPES.get(entry.type, BULK_TASK), f"{item['id']}#{n}",
+                  entry.payload if entry.type in BULK_TYPES else entry.model_dump(),
+                  item["retries"], item["delivery_info"])
+            for n, entry in enumerate(bulk.events)]
+
+
+def _retry_later(event: Event, exc: LoyaltyError, verdicts: list[str]) -> None:
+    """Publish the event again, alone and due later: its signup may still be in flight."""
+    s = settings()
+    if not should_retry(event.retries, s.not_found_retries):
+        _dead_letter(event, exc.reason, str(exc), verdicts=verdicts)
+        return
+    delay = backoff_seconds(event.retries, cap=s.retry_backoff_max, base=s.not_found_backoff)
+    try:
+        _app().send_task(event.task, args=[event.payload], task_id=event.message_id,
+                         retries=event.retries + 1, countdown=delay,
+                         queue=TASKS[event.task][0])
+    except Exception as err:  # the broker is unreachable: keep the original message
+        log.error("cannot publish a retry, requeueing", extra={"task_id": event.message_id,
+                                                               "error": str(err)})
+        verdicts[event.message] = REQUEUE
+        return
+    log.warning("not applied yet, retrying", extra={
+        "task": event.task, "task_id": event.message_id, "retries": event.retries,
+        "delay_s": delay, "error": str(exc)})
+
+
+def _dead_letter(event: Event, reason: str, detail: str, *, verdicts: list[str],
+                 body: str | None = None) -> None:
+    headers = {"content_type": "application/json", "retries": event.retries,
+               "delivery_info": event.delivery_info}
+    if body is None:
+        body = json.dumps([[event.payload], {}, {}], default=repr)
+    try:
+        letter_id = ledger().add_dead_letter(task_name=event.task, message_id=event.message_id,
+                                             payload=body, headers=headers, reason=reason,
+                                             error_detail=detail)
+    except TransientError as exc:
+        log.error("cannot dead-letter yet, requeueing", extra={"task_id": event.message_id,
+                                                               "error": str(exc)})
+        verdicts[event.message] = REQUEUE
+        return
+    log.warning("dead-lettered", extra={"task": event.task, "task_id": event.message_id,
+                                         "reason": reason, "detail": detail,
+                                         "dead_letter_id": letter_id})
+
+
+def _app() -> Celery:
+    from worker.app import app
+
+    return app
+
+
+# -- the main process: take messages, buffer them, hand batches to the pool -----
+
+
+class Batcher:
+    """One per consumer: buffers fresh event messages of all event tasks together."""
+
+    def __init__(self, consumer: Any) -> None:
+        s = settings()
+        self.consumer = consumer
+        self.size = s.batch_size
+        self.wait = s.batch_wait_ms / 1000
+        self.time_limit = s.task_time_limit
+        self.items: list[dict[str, Any]] = []
+        self.handles: list[tuple[Any, Any]] = []
+        self.events = 0
+        self.oldest = 0.0
+        consumer.timer.call_repeatedly(max(self.wait / 2, 0.001), self._tick)
+
+    @classmethod
+    def of(cls, consumer: Any) -> Batcher:
+        batcher: Batcher | None = getattr(consumer, "_loyalty_batcher", None)
+        if batcher is None:
+            batcher = cls(consumer)
+            consumer._loyalty_batcher = batcher
+        return batcher
+
+    def add(self, item: dict[str, Any], events: int, ack: Any, reject: Any) -> None:
+        if not self.items:
+            self.oldest = time.monotonic()
+        self.items.append(item)
+        self.handles.append((ack, reject))
+        self.events += events
+        if self.events >= self.size:
+            self.flush()
+
+    def _tick(self) -> None:
+        if self.items and time.monotonic() - self.oldest >= self.wait:
+            self.flush()
+
+    def flush(self) -> None:
+        items, handles = self.items, self.handles
+        self.items, self.handles, self.events = [], [], 0
+
+        errors = self.consumer.connection_errors
+
+        def done(verdicts: list[str]) -> None:
+            for (ack, reject), verdict in zip(handles, verdicts, strict=True):
+                if verdict == ACK:
+                    ack(log, errors)
+                else:
+                    reject(log, errors, True)
+
+        def failed(exc_info: Any) -> None:
+            # The pool process died (a crash, the OOM killer) or hit the time limit.
+            # Requeued, the messages come back re-delivered and so go one by one,
+            # where a message that crashes alone is counted and ends as poison.
+            exc = getattr(exc_info, "exception", exc_info)
+            log.error("batch lost with its worker process, requeueing its messages",
+                      extra={"messages": len(items), "error": f"{type(exc).__name__}: {exc}"})
+            for _ack, reject in handles:
+                reject(log, errors, True)
+
+        self.consumer.pool.apply_async(
+            apply_batch, args=(items,), callback=done, error_callback=failed,
+            timeout=self.time_limit, soft_timeout=None)
+
+
+def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+    """Celery's strategy hook for the event tasks: batch fresh plain messages, pass the rest."""
+    fallback = default_strategy(task, app, consumer, **kwargs)
+    if settings().batch_size <= 1:
+        return fallback
+    batcher = Batcher.of(consumer)
+    name = task.name
+
+    def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
+                             **kw: Any) -> Any:
+        item = _batchable(name, message)
+        if item is None:
+            return fallback(message, body, ack, reject, callbacks, **kw)
+        events = len(item["args"][0].get("events") or ()) if name == BULK_TASK \
+            and item["args"] and isinstance(item["args"][0], dict) else 1
+        batcher.add(item, max(events, 1), ack, reject)
+        return None
+
+    return task_message_handler
+
+
+def _batchable(name: str, message: Any) -> dict[str, Any] | None:
+    headers = message.headers
+    if not isinstance(headers, dict) or message.content_type != "application/json":
+        return None
+    if headers.get("eta") or headers.get("expires") or headers.get("retries") \
+            or not isinstance(headers.get("id"), str) or headers.get("task") != name:
+        return None
+    delivery_info = message.delivery_info or {}
+    if delivery_info.get("redelivered"):
+        return None
+    body = message.decode()  # undecodable bodies raise into the consumer, which keeps them
+    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list)
+            and isinstance(body[1], dict) and isinstance(body[2], dict)):
+        return None
+    embed = body[2]
+    if any(embed.get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
+        return None
+    return {"task": name, "id": headers["id"], "args": body[0], "kwargs": body[1],
+            "retries": 0, "body": json.dumps(body),
+            "delivery_info": {"exchange": delivery_info.get("exchange"),
+                              "routing_key": delivery_info.get("routing_key")}}
