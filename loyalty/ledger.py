@@ -866,6 +866,20 @@ class Ledger:
         crashes: int = self._run(lambda conn: conn.execute(statement).scalar_one())
         return crashes
 
+    def record_crashes(self, messages: Mapping[str, str | None], error: str) -> dict[str, int]:
+        """`record_crash` for every message of a batch that took its worker process down."""
+        if not messages:
+            return {}
+        ins = pg_insert(message_crashes).values([
+            {"message_id": m, "task_name": t, "crashes": 1, "last_error": error[:2000]}
+            for m, t in sorted(messages.items())])
+        statement = ins.on_conflict_do_update(
+            index_elements=[message_crashes.c.message_id],
+            set_={"crashes": message_crashes.c.crashes + 1, "last_error": ins.excluded.last_error,
+                  "last_crashed_at": func.now()},
+        ).returning(message_crashes.c.message_id, message_crashes.c.crashes)
+        return dict(self._run(lambda conn: conn.execute(statement).tuples().all()))
+
     def list_dead_letters(self, *, reason: str | None = None, status: str | None = None,
                           since: datetime | None = None, limit: int = 50,
                           cursor: str | None = None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from schemas.events import (
     SignupEvent,
     parse_task_args,
 )
+from worker import raw_letters
 from worker.app import ledger, settings
 
 log = logging.getLogger("loyalty.batches")
@@ -222,7 +223,7 @@ class Batcher:
         self.wait = s.batch_wait_ms / 1000
         self.time_limit = s.task_time_limit
         self.items: list[dict[str, Any]] = []
-        self.handles: list[tuple[Any, Any]] = []
+        self.handles: list[tuple[Any, Any, Any]] = []
         self.events = 0
         self.oldest = 0.0
         consumer.timer.call_repeatedly(max(self.wait / 2, 0.001), self._tick)
@@ -235,11 +236,11 @@ class Batcher:
             consumer._loyalty_batcher = batcher
         return batcher
 
-    def add(self, item: dict[str, Any], events: int, ack: Any, reject: Any) -> None:
+    def add(self, item: dict[str, Any], events: int, message: Any, ack: Any, reject: Any) -> None:
         if not self.items:
             self.oldest = time.monotonic()
         self.items.append(item)
-        self.handles.append((ack, reject))
+        self.handles.append((message, ack, reject))
         self.events += events
         if self.events >= self.size:
             self.flush()
@@ -255,7 +256,7 @@ class Batcher:
         errors = self.consumer.connection_errors
 
         def done(verdicts: list[str]) -> None:
-            for (ack, reject), verdict in zip(handles, verdicts, strict=True):
+            for (_message, ack, reject), verdict in zip(handles, verdicts, strict=True):
                 if verdict == ACK:
                     ack(log, errors)
                 else:
@@ -263,17 +264,37 @@ class Batcher:
 
         def failed(exc_info: Any) -> None:
             # The pool process died (a crash, the OOM killer) or hit the time limit.
-            # Requeued, the messages come back re-delivered and so go one by one,
-            # where a message that crashes alone is counted and ends as poison.
+            # Each message's crash is counted; requeued, they come back re-delivered and
+            # so go one by one, where the one that crashes again ends as poison.
             exc = getattr(exc_info, "exception", exc_info)
+            detail = f"{type(exc).__name__}: {exc}"
             log.error("batch lost with its worker process, requeueing its messages",
-                      extra={"messages": len(items), "error": f"{type(exc).__name__}: {exc}"})
-            for _ack, reject in handles:
-                reject(log, errors, True)
+                      extra={"messages": len(items), "error": detail})
+            try:
+                crashes = ledger().record_crashes({i["id"]: i["task"] for i in items}, detail)
+            except LoyaltyError as err:
+                log.error("cannot count the crash", extra={"error": str(err)})
+                crashes = {}
+            limit = settings().poison_deliveries
+            for item, (message, ack, reject) in zip(items, handles, strict=True):
+                if crashes.get(item["id"], 0) >= limit and _poisoned(message, crashes[item["id"]],
+                                                                     detail):
+                    ack(log, errors)
+                else:
+                    reject(log, errors, True)
 
         self.consumer.pool.apply_async(
             apply_batch, args=(items,), callback=done, error_callback=failed,
             timeout=self.time_limit, soft_timeout=None)
+
+
+def _poisoned(message: Any, crashes: int, detail: str) -> bool:
+    try:
+        raw_letters.store(message, "poison",
+                          f"crashed its worker process {crashes} times; last: {detail}")
+    except LoyaltyError:
+        return False
+    return True
 
 
 def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
@@ -291,7 +312,7 @@ def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
             return fallback(message, body, ack, reject, callbacks, **kw)
         events = len(item["args"][0].get("events") or ()) if name == BULK_TASK \
             and item["args"] and isinstance(item["args"][0], dict) else 1
-        batcher.add(item, max(events, 1), ack, reject)
+        batcher.add(item, max(events, 1), message, ack, reject)
         return None
 
     return task_message_handler

@@ -254,7 +254,8 @@ def sigkill_pool_processes(worker: Worker) -> int:
 
 
 def redelivered(worker: Worker) -> bool:
-    return any(r.get("msg") == "worker process lost, message will be delivered again"
+    return any(r.get("msg") in ("worker process lost, message will be delivered again",
+                                "batch lost with its worker process, requeueing its messages")
                for r in worker.logs())
 
 
