@@ -77,9 +77,6 @@ _RACE_CONSTRAINTS = frozenset(
 #: deadlock_detected, serialization_failure
 _RETRY_STATES = frozenset({"40P01", "40001"})
 
-#: Rows per multi-row INSERT, well below PostgreSQL's 65,535 bind parameters.
-_CHUNK = 1000
-
 _ACCOUNT = select(accounts, contacts.c.member_id).join(
     contacts, contacts.c.contact_id == accounts.c.contact_id
 )
@@ -416,8 +413,8 @@ class Ledger:
                                       account_id=str(account_id),
                                       ledger_entry_id=str(entry_id) if entry_id else None)
         # Entries go in in batch order: the chain trigger checks each balance_after.
-        for chunk in _chunks(entries):
-            conn.execute(ledger_entries.insert().values(chunk))
+        if entries:
+            conn.execute(_INSERT_ENTRIES, _columns(entries, _ENTRY_COLUMNS))
         if credits:
             delta = values(column("id", PG_UUID(as_uuid=True)), column("points", BigInteger()),
                            column("entries", BigInteger()), name="delta").data(
@@ -432,8 +429,8 @@ class Ledger:
                     last_activity_at=func.now(),
                 )
             )
-        for chunk in _chunks(records):
-            conn.execute(processed_events.insert().values(chunk))
+        if records:
+            conn.execute(_INSERT_PROCESSED, _columns(records, _PROCESSED_COLUMNS))
 
     def _record(self, conn: Connection, record: dict[str, Any], outcome: str, points: int = 0,
                 entry_id: UUID | None = None) -> EventOutcome:
@@ -1018,8 +1015,36 @@ def _earn_entry(entry_id: UUID, account_id: UUID, balance_after: int, rule: Earn
     }
 
 
-def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    return [rows[i:i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
+def _unnest_insert(table: str, columns: dict[str, str]) -> Any:
+    """A multi-row INSERT whose text never changes: one array per column, rows in order.
+
+    Constant SQL is compiled and planned once; a VALUES list would be rebuilt, in
+    Python, for every batch.
+    """
+    names = ", ".join(columns)
+    arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in columns.items())
+    sql = (f"INSERT INTO {table} ({names}) SELECT {names} FROM unnest({arrays})"  # noqa: S608
+           f" WITH ORDINALITY AS rows({names}, n) ORDER BY n")
+    return text(sql)
+
+
+_ENTRY_COLUMNS = {
+    "id": "uuid", "account_id": "uuid", "type": "text", "amount": "bigint",
+    "balance_after": "bigint", "description": "text", "idempotency_key": "text",
+    "event_type": "text", "event_id": "text", "order_id": "text", "rule_id": "bigint",
+    "rule_revision": "bigint",
+}
+_PROCESSED_COLUMNS = {
+    "event_id": "text", "event_type": "text", "fingerprint": "text", "contact_id": "text",
+    "account_id": "uuid", "order_id": "text", "outcome": "text", "points": "bigint",
+    "ledger_entry_id": "uuid",
+}
+_INSERT_ENTRIES = _unnest_insert("ledger_entries", _ENTRY_COLUMNS)
+_INSERT_PROCESSED = _unnest_insert("processed_events", _PROCESSED_COLUMNS)
+
+
+def _columns(rows: list[dict[str, Any]], columns: dict[str, str]) -> dict[str, list[Any]]:
+    return {c: [row[c] for row in rows] for c in columns}
 
 
 def _storable(text: str | None) -> str | None:

@@ -225,6 +225,7 @@ class Batcher:
         self.items: list[dict[str, Any]] = []
         self.handles: list[tuple[Any, Any, Any]] = []
         self.events = 0
+        self.inflight = 0
         self.oldest = 0.0
         consumer.timer.call_repeatedly(max(self.wait / 2, 0.001), self._tick)
 
@@ -246,16 +247,24 @@ class Batcher:
             self.flush()
 
     def _tick(self) -> None:
-        if self.items and time.monotonic() - self.oldest >= self.wait:
+        # While every pool process is busy, a waiting batch keeps filling instead of
+        # queueing behind them: under load batches grow, and each commit carries more.
+        if self.items and time.monotonic() - self.oldest >= self.wait \
+                and self.inflight < getattr(self.consumer.pool, "num_processes", 1):
             self.flush()
+
+    def _finished(self) -> None:
+        self.inflight -= 1
+        self._tick()
 
     def flush(self) -> None:
         items, handles = self.items, self.handles
         self.items, self.handles, self.events = [], [], 0
-
         errors = self.consumer.connection_errors
+        self.inflight += 1
 
         def done(verdicts: list[str]) -> None:
+            self._finished()
             for (_message, ack, reject), verdict in zip(handles, verdicts, strict=True):
                 if verdict == ACK:
                     ack(log, errors)
@@ -266,6 +275,7 @@ class Batcher:
             # The pool process died (a crash, the OOM killer) or hit the time limit.
             # Each message's crash is counted; requeued, they come back re-delivered and
             # so go one by one, where the one that crashes again ends as poison.
+            self._finished()
             exc = getattr(exc_info, "exception", exc_info)
             detail = f"{type(exc).__name__}: {exc}"
             log.error("batch lost with its worker process, requeueing its messages",
