@@ -1015,7 +1015,7 @@ def _earn_entry(entry_id: UUID, account_id: UUID, balance_after: int, rule: Earn
     }
 
 
-def _unnest_insert(table: str, columns: dict[str, str]) -> Any:
+def _unnest_insert(table: str, columns: dict[str, str], stamp: str | None = None) -> Any:
     """A multi-row INSERT whose text never changes: one array per column, rows in order.
 
     Constant SQL is compiled and planned once; a VALUES list would be rebuilt, in
@@ -1023,7 +1023,9 @@ def _unnest_insert(table: str, columns: dict[str, str]) -> Any:
     """
     names = ", ".join(columns)
     arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in columns.items())
-    sql = (f"INSERT INTO {table} ({names}) SELECT {names} FROM unnest({arrays})"  # noqa: S608
+    # `stamp`: a time column set when the rows are written, not when the batch began.
+    into, select = (f"{names}, {stamp}", f"{names}, clock_timestamp()") if stamp else (names, names)
+    sql = (f"INSERT INTO {table} ({into}) SELECT {select} FROM unnest({arrays})"  # noqa: S608
            f" WITH ORDINALITY AS rows({names}, n) ORDER BY n")
     return text(sql)
 
@@ -1040,7 +1042,7 @@ _PROCESSED_COLUMNS = {
     "ledger_entry_id": "uuid",
 }
 _INSERT_ENTRIES = _unnest_insert("ledger_entries", _ENTRY_COLUMNS)
-_INSERT_PROCESSED = _unnest_insert("processed_events", _PROCESSED_COLUMNS)
+_INSERT_PROCESSED = _unnest_insert("processed_events", _PROCESSED_COLUMNS, "processed_at")
 
 
 def _columns(rows: list[dict[str, Any]], columns: dict[str, str]) -> dict[str, list[Any]]:

@@ -11,6 +11,7 @@ public contract before it leaves, then sent with `send_task` as JSON.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from loyalty.errors import InvalidPayload, PublishError
 from loyalty.settings import Settings
 from loyalty.signing import enable_signing
-from schemas.events import TASKS, describe_errors
+from schemas.events import BULK_MAX_EVENTS, BULK_TYPES, TASKS, describe_errors
 
 
 def _now() -> str:
@@ -71,6 +72,35 @@ class Publisher:
             return self.app.send_task(task_name, args=[payload], queue=queue)
         except Exception as exc:
             raise PublishError(f"could not publish {task_name}: {exc}") from exc
+
+    def send_bulk(self, events: Iterable[tuple[str, dict[str, Any]]],
+                  per_message: int = BULK_MAX_EVENTS) -> list[str]:
+        """Publish many events as `loyalty.events.bulk` messages; returns their message ids.
+
+        `events` are `(type, payload)` pairs, type "signup" or "order.completed". Each is
+        checked against its own contract first, so nothing is sent if one is invalid.
+        """
+        if not 1 <= per_message <= BULK_MAX_EVENTS:
+            raise InvalidPayload(f"per_message must be between 1 and {BULK_MAX_EVENTS}")
+        items = []
+        for n, (kind, payload) in enumerate(events):
+            if kind not in BULK_TYPES:
+                raise InvalidPayload(f"event {n}: unknown type {kind!r}; known: "
+                                     f"{', '.join(sorted(BULK_TYPES))}")
+            try:
+                TASKS[BULK_TYPES[kind]][1].model_validate(payload)
+            except ValidationError as exc:
+                raise InvalidPayload(f"event {n}: {describe_errors(exc)}") from None
+            items.append({"type": kind, "payload": payload})
+        ids = []
+        for start in range(0, len(items), per_message):
+            body = {"events": items[start:start + per_message]}
+            try:
+                ids.append(self.app.send_task("loyalty.events.bulk", args=[body],
+                                              queue="loyalty.events").id)
+            except Exception as exc:
+                raise PublishError(f"could not publish loyalty.events.bulk: {exc}") from exc
+        return ids
 
     def signup(self, *, contact_id: str, event_id: str | None = None,
                member_id: str | None = None, email: str | None = None, name: str | None = None,
