@@ -227,7 +227,22 @@ class Batcher:
         self.events = 0
         self.inflight = 0
         self.oldest = 0.0
-        consumer.timer.call_repeatedly(max(self.wait / 2, 0.001), self._tick)
+        self.entry: Any = None
+
+    def start(self) -> None:
+        """(Re)arm at every consumer start. A lost connection cancels the consumer's timer
+        entries, and what is still buffered came from the dead channel: the broker
+        delivers those messages again, so they are dropped here, not applied and acked."""
+        if self.entry is not None:
+            try:
+                self.consumer.timer.cancel(self.entry)
+            except Exception:  # already cancelled with the old connection
+                log.debug("batch timer already cancelled")
+        if self.items:
+            log.warning("connection restarted, dropping buffered messages (they come again)",
+                        extra={"messages": len(self.items)})
+        self.items, self.handles, self.events = [], [], 0
+        self.entry = self.consumer.timer.call_repeatedly(max(self.wait / 2, 0.001), self._tick)
 
     @classmethod
     def of(cls, consumer: Any) -> Batcher:
@@ -313,6 +328,7 @@ def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
     if settings().batch_size <= 1:
         return fallback
     batcher = Batcher.of(consumer)
+    batcher.start()  # strategies are built at each consumer (re)start
     name = task.name
 
     def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
