@@ -16,7 +16,19 @@ from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-from sqlalchemy import BigInteger, Connection, Engine, column, func, select, text, tuple_, update, values
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+    tuple_,
+    update,
+    values,
+)
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import (
@@ -298,8 +310,7 @@ class Ledger:
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
-    def _guarded(self, conn: Connection, work: Callable[[Connection], EventOutcome]
-                 ) -> EventOutcome | LoyaltyError:
+    def _guarded(self, conn: Connection, work: Callable[[Connection], T]) -> T | LoyaltyError:
         """Run one event's work in a savepoint, so that its failure undoes only itself."""
         try:
             with conn.begin_nested():
@@ -827,6 +838,80 @@ class Ledger:
                                  replay_outcome={**failed, "actor": actor}))
                 self._run(lambda conn: conn.execute(again))
             return failed
+
+    def replay_dead_letters(self, letter_ids: Sequence[int],
+                            decode: Callable[[Mapping[Any, Any]], Contract], *,
+                            dry_run: bool = False, actor: str | None = None
+                            ) -> list[dict[str, Any]]:
+        """`replay_dead_letter` for many letters in one transaction, events applied as a batch.
+
+        Each letter gets the same report and the same change (replayed, or back to
+        pending with one more attempt) as one by one; a dry run rolls it all back.
+        """
+        ids = list(dict.fromkeys(letter_ids))
+
+        def work(conn: Connection) -> list[dict[str, Any]]:
+            rows = {row["id"]: row for row in conn.execute(
+                select(dead_letters).where(dead_letters.c.id.in_(ids))
+                .order_by(dead_letters.c.id).with_for_update()).mappings()}
+            for letter_id in ids:
+                if letter_id not in rows:
+                    raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
+            reports: dict[int, dict[str, Any]] = {}
+            outcomes: dict[int, Any] = {}
+            batch: list[tuple[int, SignupEvent | OrderCompletedEvent]] = []
+            for letter_id in ids:
+                letter = rows[letter_id]
+                reports[letter_id] = {"id": letter_id, "task_name": letter["task_name"]}
+                if letter["status"] != "pending":
+                    reports[letter_id].update(result="skipped",
+                                              reason=f"letter is {letter['status']}")
+                    continue
+                try:
+                    message = decode(letter)
+                except LoyaltyError as exc:
+                    outcomes[letter_id] = exc
+                    continue
+                if isinstance(message, SignupEvent | OrderCompletedEvent):
+                    batch.append((letter_id, message))
+                else:
+                    outcomes[letter_id] = self._guarded(conn, self._work_for(message))
+            results = self._events_work(conn, [m for _, m in batch]) if batch else []
+            outcomes.update({letter_id: r for (letter_id, _), r in zip(batch, results, strict=True)})
+            done, failed = [], []
+            for letter_id in ids:
+                if letter_id not in outcomes:
+                    continue
+                report, outcome = reports[letter_id], outcomes[letter_id]
+                if isinstance(outcome, LoyaltyError):
+                    report.update(result="would_fail" if dry_run else "failed",
+                                  reason=outcome.reason, detail=str(outcome))
+                    failed.append({"lid": letter_id, "reason": outcome.reason,
+                                   "detail": str(outcome)[:4000],
+                                   "outcome": {**report, "actor": actor}})
+                else:
+                    effect = outcome.as_dict() if isinstance(outcome, EventOutcome) else outcome
+                    report.update(result="would_replay" if dry_run else "replayed", effect=effect)
+                    done.append({"lid": letter_id, "outcome": {**report, "actor": actor}})
+            if dry_run:
+                raise _Rollback({"items": [reports[i] for i in ids]})
+            if done:
+                conn.execute(update(dead_letters).where(dead_letters.c.id == bindparam("lid"))
+                             .values(status="replayed", replayed_at=func.now(),
+                                     replay_outcome=bindparam("outcome")), done)
+            if failed:
+                conn.execute(update(dead_letters).where(dead_letters.c.id == bindparam("lid"))
+                             .values(attempts=dead_letters.c.attempts + 1,
+                                     last_failed_at=func.now(), reason=bindparam("reason"),
+                                     error_detail=bindparam("detail"),
+                                     replay_outcome=bindparam("outcome")), failed)
+            return [reports[i] for i in ids]
+
+        try:
+            return self._run(work)
+        except _Rollback as rolled_back:
+            items: list[dict[str, Any]] = rolled_back.outcome["items"]
+            return items
 
     def discard_dead_letter(self, letter_id: int, *, why: str, actor: str) -> dict[str, Any]:
         """Keep the letter, but mark it as deliberately not to be replayed, and by whom."""

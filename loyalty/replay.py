@@ -11,7 +11,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from loyalty.errors import InvalidPayload, NotReplayable
+from loyalty.errors import (
+    DeadLetterNotFound,
+    InvalidPayload,
+    LoyaltyError,
+    NotReplayable,
+    TransientError,
+)
 from schemas.events import TASKS, Contract, PayloadError, parse_task_args
 
 JSON_TYPES = ("application/json", None, "")
@@ -42,15 +48,30 @@ def decode_letter(letter: Mapping[str, Any]) -> Contract:
         raise InvalidPayload(str(exc)) from None
 
 
+#: Letters per replay transaction.
+CHUNK = 500
+
+
 def replay(ledger: Any, letter_ids: list[int], *, dry_run: bool = False,
            actor: str | None = None, progress: Any = None) -> dict[str, Any]:
-    """Replay letters one by one (each its own transaction) and summarise what happened."""
+    """Replay letters in chunks (one transaction each) and summarise what happened.
+
+    A chunk the database refuses as a whole is replayed again one letter at a time,
+    so that one bad letter cannot hold back the others.
+    """
     items = []
-    for letter_id in letter_ids:
-        items.append(ledger.replay_dead_letter(letter_id, decode_letter, dry_run=dry_run,
-                                               actor=actor))
+    for start in range(0, len(letter_ids), CHUNK):
+        chunk = letter_ids[start:start + CHUNK]
+        try:
+            items += ledger.replay_dead_letters(chunk, decode_letter, dry_run=dry_run,
+                                                actor=actor)
+        except (DeadLetterNotFound, TransientError):
+            raise
+        except LoyaltyError:
+            items += [ledger.replay_dead_letter(letter_id, decode_letter, dry_run=dry_run,
+                                                actor=actor) for letter_id in chunk]
         if progress is not None:
-            progress(1)
+            progress(len(chunk))
     summary: dict[str, int] = {}
     for item in items:
         summary[item["result"]] = summary.get(item["result"], 0) + 1

@@ -159,3 +159,29 @@ def test_nul_characters_never_stop_a_dead_letter(ledger: Ledger) -> None:
     assert shown["error_detail"] == "a\\x00: Extra inputs are not permitted"
     assert shown["headers"] == {"k\\x00": ["v\\x00", {"\\x00": "\\u0000"}]}
     assert shown["payload"] == '[[{"a\\u0000": 1}], {}, {}]'
+
+
+def test_a_replay_of_many_letters_treats_each_on_its_own(ledger: Ledger) -> None:
+    ledger.apply_signup(signup("c1"))
+    ids = [letter(ledger, {**ORDER, "event_id": f"e{k}", "contact_id": "c1", "order_id": f"o{k}",
+                           "total": "2.00"}, message_id=f"m{k}") for k in range(700)]
+    stale = letter(ledger, {**ORDER, "event_id": "ghost"}, message_id="ghost")  # no account
+    bad = letter(ledger, "{not json", task="loyalty.events.signup", message_id="bad")
+    adjust = letter(ledger, {"request_id": "r1", "contact_id": "c1", "amount": -50,
+                             "description": "fix", "actor": "ops"},
+                    task="loyalty.accounts.adjust_points", message_id="r1")
+    ledger.discard_dead_letter(ids[0], why="test", actor="ops")
+    everything = [*ids, stale, bad, adjust]
+    dry = replay(ledger, everything, dry_run=True)
+    assert dry["summary"] == {"skipped": 1, "would_replay": 700, "would_fail": 2}
+    assert ledger.get_account(contact_id="c1")["points"]["balance"] == 100
+    done = replay(ledger, everything, actor="ops")
+    assert done["summary"] == {"skipped": 1, "replayed": 700, "failed": 2}
+    assert [i["id"] for i in done["items"]] == everything
+    assert ledger.get_account(contact_id="c1")["points"]["balance"] == 100 + 2 * 699 - 50
+    assert ledger.dead_letter(stale)["attempts"] == 2
+    assert ledger.dead_letter(stale)["reason"] == "account_not_found"
+    assert ledger.dead_letter(bad)["status"] == "pending"
+    assert ledger.dead_letter(ids[5])["status"] == "replayed"
+    assert replay(ledger, everything)["summary"] == {"skipped": 701, "failed": 2}
+    assert ledger.verify()["ok"]
