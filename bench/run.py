@@ -122,6 +122,34 @@ class Deployment:
                          " FROM generate_series(1, %s) g", (accounts,))
             conn.execute("INSERT INTO accounts (contact_id) SELECT contact_id FROM contacts")
 
+    def grow_ledger(self, entries: int) -> int:
+        """ADJUST entries spread over the accounts, written set-based with the triggers off
+        (a bench shortcut); balances, totals and revisions are set to match, so `verify`
+        still checks the whole ledger at the end."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            (accounts,) = conn.execute("SELECT count(*) FROM accounts").fetchone()
+            per = max(1, entries // accounts)
+            conn.execute("SET session_replication_role = replica")
+            conn.execute(
+                "INSERT INTO ledger_entries (account_id, type, amount, balance_after,"
+                " description, idempotency_key, actor, balance_before)"
+                " SELECT a.id, 'ADJUST', 1, k, 'seed', 'seed:' || a.id || ':' || k, 'bench', k - 1"
+                " FROM accounts a CROSS JOIN generate_series(1, %s) k ORDER BY a.id, k", (per,))
+            conn.execute("UPDATE accounts SET balance = %s, adjusted = %s, revision = 1 + %s",
+                         (per, per, per))
+            conn.execute("SET session_replication_role = origin")
+            conn.execute("VACUUM ANALYZE")
+            return int(conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0])
+
+    def seed_letters(self, events: list[dict]) -> None:
+        """Dead letters as the worker writes them for orders that could not apply yet."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO dead_letters (task_name, message_id, payload, headers, reason,"
+                " error_detail) VALUES ('loyalty.events.order_completed', %s, %s,"
+                " '{\"content_type\": \"application/json\"}', 'account_not_found', 'bench')",
+                [(e["event_id"], json.dumps([[e], {}, {}])) for e in events])
+
     def start_workers(self, processes: int, concurrency: int) -> None:
         (ROOT / "bench" / "results").mkdir(exist_ok=True)
         for i in range(processes):
@@ -201,6 +229,10 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=0, metavar="N",
                         help="publish the drain as loyalty.events.bulk messages of N events")
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--ledger-entries", type=int, default=0, metavar="N",
+                        help="grow the ledger to N entries before the drain")
+    parser.add_argument("--replay", type=int, default=0, metavar="N",
+                        help="also time `loyalty dlq replay --all` of N dead letters")
     parser.add_argument("--skip-references", action="store_true")
     args = parser.parse_args()
 
@@ -224,6 +256,9 @@ def main() -> None:
             print("reference: kombu raw drain ...", file=sys.stderr)
             results["kombu_drain_per_s"] = round(kombu_drain(dep.broker_url, 20000), 1)
         dep.create(args.accounts)
+        if args.ledger_entries:
+            print(f"growing the ledger to {args.ledger_entries} entries ...", file=sys.stderr)
+            results["ledger_entries_before"] = dep.grow_ledger(args.ledger_entries)
         events, expected = orders(args.events, args.accounts, args.hot, 1, "drain")
         settings = Settings.from_env(dep.env)
         print(f"publishing {args.events} events ...", file=sys.stderr)
@@ -266,6 +301,17 @@ def main() -> None:
         results["latency_offered_per_s"] = round(rate, 1)
         results["peak_rss_mb"] = [round(x, 1) for x in dep.peak_rss_mb()]
         dep.stop()
+        if args.replay:
+            print(f"replaying {args.replay} dead letters ...", file=sys.stderr)
+            letters, more = orders(args.replay, args.accounts, args.hot, 3, "letter")
+            expected += more
+            dep.seed_letters(letters)
+            started = time.perf_counter()
+            out = json.loads(sh(str(BIN / "loyalty"), "dlq", "replay", "--all", "--json",
+                                env=dep.env))
+            results["replay_events_per_s"] = round(args.replay / (time.perf_counter() - started), 1)
+            results["replay_summary"] = out["summary"]
+            results["replay_vs_drain"] = round(results["replay_events_per_s"] / drain, 3)
         ledger = Ledger(db.get_engine(dep.env["LOYALTY_DATABASE_URL"]))
         report = ledger.verify()
         totals = ledger.totals()

@@ -223,25 +223,28 @@ class Batcher:
         self.wait = s.batch_wait_ms / 1000
         self.time_limit = s.task_time_limit
         self.items: list[dict[str, Any]] = []
-        self.handles: list[tuple[Any, Any, Any]] = []
+        self.messages: list[Any] = []
         self.events = 0
         self.inflight = 0
         self.oldest = 0.0
         self.entry: Any = None
 
     def start(self) -> None:
-        """(Re)arm at every consumer start. A lost connection cancels the consumer's timer
-        entries, and what is still buffered came from the dead channel: the broker
-        delivers those messages again, so they are dropped here, not applied and acked."""
+        """(Re)arm at every consumer start: a lost connection cancels the consumer's timers.
+
+        What is still buffered came from the dead channel, and is applied all the same:
+        the broker may deliver it again (a duplicate, which changes nothing), or may
+        not (kombu's Redis transport pops a message before recording it as unacked).
+        """
         if self.entry is not None:
             try:
                 self.consumer.timer.cancel(self.entry)
             except Exception:  # already cancelled with the old connection
                 log.debug("batch timer already cancelled")
         if self.items:
-            log.warning("connection restarted, dropping buffered messages (they come again)",
+            log.warning("connection restarted; applying the messages still buffered",
                         extra={"messages": len(self.items)})
-        self.items, self.handles, self.events = [], [], 0
+            self.flush()
         self.entry = self.consumer.timer.call_repeatedly(max(self.wait / 2, 0.001), self._tick)
 
     @classmethod
@@ -252,11 +255,11 @@ class Batcher:
             consumer._loyalty_batcher = batcher
         return batcher
 
-    def add(self, item: dict[str, Any], events: int, message: Any, ack: Any, reject: Any) -> None:
+    def add(self, item: dict[str, Any], events: int, message: Any) -> None:
         if not self.items:
             self.oldest = time.monotonic()
         self.items.append(item)
-        self.handles.append((message, ack, reject))
+        self.messages.append(message)
         self.events += events
         if self.events >= self.size:
             self.flush()
@@ -273,18 +276,29 @@ class Batcher:
         self._tick()
 
     def flush(self) -> None:
-        items, handles = self.items, self.handles
-        self.items, self.handles, self.events = [], [], 0
+        items, messages = self.items, self.messages
+        self.items, self.messages, self.events = [], [], 0
         errors = self.consumer.connection_errors
         self.inflight += 1
 
+        def settle(verdicts: list[str]) -> None:
+            for message, verdict in zip(messages, verdicts, strict=True):
+                try:
+                    if verdict == ACK:
+                        message.ack()
+                    else:
+                        message.reject(requeue=True)
+                except errors as exc:
+                    # The broker is gone: every other ack would fail the same way (and a
+                    # burst of them trips kombu's reconnection). Unacknowledged, the
+                    # messages are delivered again, and their effect is already recorded.
+                    log.warning("broker connection lost while acknowledging a batch",
+                                extra={"messages": len(messages), "error": str(exc)})
+                    return
+
         def done(verdicts: list[str]) -> None:
             self._finished()
-            for (_message, ack, reject), verdict in zip(handles, verdicts, strict=True):
-                if verdict == ACK:
-                    ack(log, errors)
-                else:
-                    reject(log, errors, True)
+            settle(verdicts)
 
         def failed(exc_info: Any) -> None:
             # The pool process died (a crash, the OOM killer) or hit the time limit.
@@ -301,12 +315,9 @@ class Batcher:
                 log.error("cannot count the crash", extra={"error": str(err)})
                 crashes = {}
             limit = settings().poison_deliveries
-            for item, (message, ack, reject) in zip(items, handles, strict=True):
-                if crashes.get(item["id"], 0) >= limit and _poisoned(message, crashes[item["id"]],
-                                                                     detail):
-                    ack(log, errors)
-                else:
-                    reject(log, errors, True)
+            settle([ACK if crashes.get(item["id"], 0) >= limit
+                    and _poisoned(message, crashes[item["id"]], detail) else REQUEUE
+                    for item, message in zip(items, messages, strict=True)])
 
         self.consumer.pool.apply_async(
             apply_batch, args=(items,), callback=done, error_callback=failed,
@@ -338,7 +349,7 @@ def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
             return fallback(message, body, ack, reject, callbacks, **kw)
         events = len(item["args"][0].get("events") or ()) if name == BULK_TASK \
             and item["args"] and isinstance(item["args"][0], dict) else 1
-        batcher.add(item, max(events, 1), message, ack, reject)
+        batcher.add(item, max(events, 1), message)
         return None
 
     return task_message_handler
