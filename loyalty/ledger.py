@@ -423,9 +423,6 @@ class Ledger:
             results[i] = EventOutcome(event_id=event.event_id, outcome=outcome, points=points,
                                       account_id=str(account_id),
                                       ledger_entry_id=str(entry_id) if entry_id else None)
-        # Entries go in in batch order: the chain trigger checks each balance_after.
-        if entries:
-            conn.execute(_INSERT_ENTRIES, _columns(entries, _ENTRY_COLUMNS))
         if credits:
             delta = values(column("id", PG_UUID(as_uuid=True)), column("points", BigInteger()),
                            column("entries", BigInteger()), name="delta").data(
@@ -440,6 +437,10 @@ class Ledger:
                     last_activity_at=func.now(),
                 )
             )
+        # Then the entries, in batch order: the ledger's statement trigger checks each
+        # balance_after against the one before it, and the last against the account.
+        if entries:
+            conn.execute(_INSERT_ENTRIES, _columns(entries, _ENTRY_COLUMNS))
         if records:
             conn.execute(_INSERT_PROCESSED, _columns(records, _PROCESSED_COLUMNS))
 
@@ -460,10 +461,8 @@ class Ledger:
 
     def _earn(self, conn: Connection, account: Mapping[Any, Any], rule: EarnRule, points: int,
               event_id: str, event_type: str, order_id: str | None, description: str) -> UUID:
+        # The account first: the ledger's statement trigger checks it against the entry.
         entry_id = uuid4()
-        conn.execute(ledger_entries.insert().values(_earn_entry(
-            entry_id, account["id"], account["balance"] + points, rule, points, event_id,
-            event_type, order_id, description)))
         conn.execute(
             update(accounts)
             .where(accounts.c.id == account["id"])
@@ -475,6 +474,9 @@ class Ledger:
                 last_activity_at=func.now(),
             )
         )
+        conn.execute(ledger_entries.insert().values(_earn_entry(
+            entry_id, account["id"], account["balance"] + points, rule, points, event_id,
+            event_type, order_id, description)))
         return entry_id
 
     # -- manual adjustments ----------------------------------------------------
@@ -556,6 +558,19 @@ class Ledger:
     def _adjust(self, conn: Connection, account: Mapping[Any, Any], delta: int, balance_after: int,
                 request: AdjustPointsRequest) -> tuple[UUID, dict[str, Any]]:
         """Write the ADJUST entry; returns its id and the account as it now stands."""
+        # The account first: the ledger's statement trigger checks it against the entry.
+        updated = conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account["id"])
+            .values(
+                balance=balance_after,
+                adjusted=accounts.c.adjusted + delta,
+                revision=accounts.c.revision + 1,
+                updated_at=func.now(),
+                last_activity_at=func.now(),
+            )
+            .returning(accounts)
+        ).mappings().one()
         entry_id: UUID = conn.execute(
             ledger_entries.insert()
             .values(
@@ -570,18 +585,6 @@ class Ledger:
             )
             .returning(ledger_entries.c.id)
         ).scalar_one()
-        updated = conn.execute(
-            update(accounts)
-            .where(accounts.c.id == account["id"])
-            .values(
-                balance=balance_after,
-                adjusted=accounts.c.adjusted + delta,
-                revision=accounts.c.revision + 1,
-                updated_at=func.now(),
-                last_activity_at=func.now(),
-            )
-            .returning(accounts)
-        ).mappings().one()
         return entry_id, {**updated, "member_id": account["member_id"]}
 
     # -- accounts and transactions (reads) ---------------------------------------

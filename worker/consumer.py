@@ -59,6 +59,28 @@ class DeadLetteringConsumer(Consumer):
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
         _keep(message, _content_reason(exc), exc)
 
+    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+        # Celery collects the broken connection (which detaches its transport) and then
+        # closes it; kombu's Redis channel then tries to restore its unacknowledged
+        # messages through the detached transport and raises AttributeError, which
+        # Celery does not ignore: the worker would exit. Those messages stay in Redis's
+        # unacked set and come back after the visibility timeout, so carry on.
+        connection = self.connection
+        if connection is not None:
+            close = connection.close
+
+            def tolerant_close() -> Any:
+                try:
+                    return close()
+                except AttributeError as err:
+                    log.warning("could not close the lost broker connection cleanly; its "
+                                "unacknowledged messages come back after the visibility timeout",
+                                extra={"error": str(err)})
+                    return None
+
+            connection.close = tolerant_close
+        super().on_connection_error_after_connected(exc)
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handler = super().create_task_handler(*args, **kwargs)
 
