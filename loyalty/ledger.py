@@ -25,7 +25,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    tuple_,
     update,
     values,
 )
@@ -374,11 +373,9 @@ class Ledger:
                  if e.contact_id in locked and e.event_id not in seen}
         earned: set[tuple[UUID, str]] = set()
         if pairs:
-            earned = {(a, o) for a, o in conn.execute(
-                select(ledger_entries.c.account_id, ledger_entries.c.order_id).where(
-                    ledger_entries.c.type == "EARN", ledger_entries.c.order_id.isnot(None),
-                    tuple_(ledger_entries.c.account_id, ledger_entries.c.order_id).in_(
-                        sorted(pairs, key=str))))}
+            ordered = sorted(pairs, key=str)
+            earned = {(a, o) for a, o in conn.execute(_EARNED_ORDERS, {
+                "accounts": [a for a, _ in ordered], "orders": [o for _, o in ordered]})}
         rules = self._active_rules(conn, "order.completed") if pairs else []
 
         running = {row["id"]: row["balance"] for row in locked.values()}
@@ -1117,6 +1114,14 @@ def _unnest_insert(table: str, columns: dict[str, str], stamp: str | None = None
            f" WITH ORDINALITY AS rows({names}, n) ORDER BY n")
     return text(sql)
 
+
+#: Which (account, order) pairs have earned already: one index probe per pair
+#: (uq_ledger_entries_one_order), where a row-value IN list is planned as a scan.
+_EARNED_ORDERS = text(
+    "SELECT e.account_id, e.order_id FROM unnest(CAST(:accounts AS uuid[]),"
+    " CAST(:orders AS text[])) AS p(account_id, order_id)"
+    " JOIN ledger_entries e ON e.account_id = p.account_id AND e.order_id = p.order_id"
+    " AND e.type = 'EARN' AND e.order_id IS NOT NULL")
 
 _ENTRY_COLUMNS = {
     "id": "uuid", "account_id": "uuid", "type": "text", "amount": "bigint",
