@@ -9,12 +9,14 @@ exceptions, so callers never import psycopg or SQLAlchemy to decide what to do.
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
@@ -405,7 +407,7 @@ class Ledger:
                 points = rule.points_for(event.total)
                 outcome = "no_points"
                 if points:
-                    outcome, entry_id = "earned", uuid4()
+                    outcome, entry_id = "earned", _entry_id()
                     earned.add((account_id, event.order_id))
                     running[account_id] += points
                     credits[account_id] = credits.get(account_id, 0) + points
@@ -459,7 +461,7 @@ class Ledger:
     def _earn(self, conn: Connection, account: Mapping[Any, Any], rule: EarnRule, points: int,
               event_id: str, event_type: str, order_id: str | None, description: str) -> UUID:
         # The account first: the ledger's statement trigger checks it against the entry.
-        entry_id = uuid4()
+        entry_id = _entry_id()
         conn.execute(
             update(accounts)
             .where(accounts.c.id == account["id"])
@@ -1056,6 +1058,19 @@ _VERIFY_CHECKS = {
         SELECT a.id AS account_id, a.contact_id FROM accounts a
         LEFT JOIN contacts c ON c.contact_id = a.contact_id WHERE c.contact_id IS NULL""",
 }
+
+
+def _entry_id() -> UUID:
+    """A UUIDv7 (RFC 9562): a millisecond timestamp, then random bits.
+
+    Entry ids that grow with time land at the right edge of the primary key's B-tree,
+    so a batch dirties a few index pages instead of one random page per entry.
+    """
+    unix_ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((unix_ms & (2**48 - 1)) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
+        | (0b10 << 62) | (rand & (2**62 - 1))
+    return UUID(int=value)
 
 
 def _seen_outcome(row: Mapping[Any, Any], event_id: str, fingerprint: str) -> EventOutcome:
