@@ -1,7 +1,8 @@
 """Producer helper: publish events exactly as any Celery client would.
 
 It needs no worker code and no database: the payload is checked against the
-public contract before it leaves, then sent with `send_task` as JSON.
+public contract before it leaves, then sent as the same JSON, protocol-2 message
+that `send_task` would send. `send_bulk` packs many events into `loyalty.events.bulk`.
 
     from loyalty.publish import Publisher
     with Publisher("redis://127.0.0.1:6379/0") as publisher:
