@@ -388,8 +388,10 @@ class Ledger:
         for i, event, fingerprint in primaries:
             row = seen.get(event.event_id)
             if row is not None:
-                results[i] = _try(lambda r=row, e=event, f=fingerprint:  # type: ignore[misc]
-                                  _seen_outcome(r, e.event_id, f))
+                try:
+                    results[i] = _seen_outcome(row, event.event_id, fingerprint)
+                except IdempotencyConflict as exc:
+                    results[i] = exc
                 continue
             account = locked.get(event.contact_id)
             if account is None:
@@ -1087,13 +1089,6 @@ def _seen_outcome(row: Mapping[Any, Any], event_id: str, fingerprint: str) -> Ev
         ledger_entry_id=str(row["ledger_entry_id"]) if row["ledger_entry_id"] else None,
         duplicate=True,
     )
-
-
-def _try(outcome: Callable[[], EventOutcome]) -> EventOutcome | LoyaltyError:
-    try:
-        return outcome()
-    except LoyaltyError as exc:
-        return exc
 
 
 def _earn_entry(entry_id: UUID, account_id: UUID, balance_after: int, rule: EarnRule,
