@@ -171,9 +171,13 @@ def _retry_later(event: Event, exc: LoyaltyError, verdicts: list[str]) -> None:
         return
     delay = backoff_seconds(event.retries, cap=s.retry_backoff_max, base=s.not_found_backoff)
     try:
+        # Briefly: a batch that blocks on a broker that is down would outlive its soft
+        # time limit; the original message is requeued instead.
         _app().send_task(event.task, args=[event.payload], task_id=event.message_id,
                          retries=event.retries + 1, countdown=delay,
-                         queue=TASKS[event.task][0])
+                         queue=TASKS[event.task][0],
+                         retry_policy={"max_retries": 1, "interval_start": 0,
+                                       "interval_step": 0.2, "interval_max": 0.2})
     except Exception as err:  # the broker is unreachable: keep the original message
         log.error("cannot publish a retry, requeueing", extra={"task_id": event.message_id,
                                                                "error": str(err)})
@@ -288,10 +292,12 @@ class Batcher:
                         message.ack()
                     else:
                         message.reject(requeue=True)
-                except errors as exc:
-                    # The broker is gone: every other ack would fail the same way (and a
-                    # burst of them trips kombu's reconnection). Unacknowledged, the
-                    # messages are delivered again, and their effect is already recorded.
+                except (*errors, AttributeError) as exc:
+                    # The broker is gone, or the message's channel closed with an old
+                    # connection (kombu raises AttributeError then): every other ack would
+                    # fail the same way, and a burst of them trips kombu's reconnection.
+                    # Unacknowledged, the messages are delivered again; their effect is
+                    # already recorded, so that changes nothing.
                     log.warning("broker connection lost while acknowledging a batch",
                                 extra={"messages": len(messages), "error": str(exc)})
                     return

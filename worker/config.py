@@ -42,7 +42,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_extended": False,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(1, settings.task_time_limit - 5),
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # Redis: unacknowledged messages are restored under a mutex that outlives a
+        # restorer which died with its connection (kombu's default: 300 s); keep that
+        # no longer than the visibility timeout itself.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout,
+                                     "unacked_mutex_expire": settings.visibility_timeout},
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         # Same declarations as a bare `send_task(..., queue="loyalty.events")`
