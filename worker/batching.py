@@ -31,6 +31,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.worker.strategy import default as default_strategy
+from kombu.transport.virtual import QoS as VirtualQoS
 
 from loyalty.errors import AccountNotFound, InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import EventOutcome
@@ -86,7 +87,8 @@ def apply_batch(items: list[dict[str, Any]]) -> list[str]:
         except InvalidPayload as exc:
             _dead_letter(Event(index, item["task"], item["id"], None, item["retries"],
                                item["delivery_info"]), "invalid_payload", str(exc),
-                         body=item["body"], verdicts=verdicts)
+                         body=json.dumps([item["args"], item["kwargs"], {}], default=repr),
+                         verdicts=verdicts)
     valid = []
     for event in events:
         try:
@@ -232,6 +234,9 @@ class Batcher:
         self.inflight = 0
         self.oldest = 0.0
         self.entry: Any = None
+        #: Every message taken on the current channel and not settled yet, in delivery
+        #: order (so by delivery tag), whichever path it took: see `_ack`.
+        self.open: dict[Any, Any] = {}
 
     def start(self) -> None:
         """(Re)arm at every consumer start: a lost connection cancels the consumer's timers.
@@ -245,6 +250,7 @@ class Batcher:
                 self.consumer.timer.cancel(self.entry)
             except Exception:  # already cancelled with the old connection
                 log.debug("batch timer already cancelled")
+        self.open = {}  # a new channel numbers its deliveries from 1 again
         if self.items:
             log.warning("connection restarted; applying the messages still buffered",
                         extra={"messages": len(self.items)})
@@ -259,7 +265,14 @@ class Batcher:
             consumer._loyalty_batcher = batcher
         return batcher
 
+    def track(self, message: Any) -> None:
+        """Record a message that is still unacknowledged after its handler returned."""
+        self.open[message.delivery_tag] = message
+        if len(self.open) > _OPEN_LIMIT:  # settled stragglers behind a long-held message
+            self.open = {t: m for t, m in self.open.items() if not m.acknowledged}
+
     def add(self, item: dict[str, Any], events: int, message: Any) -> None:
+        self.track(message)
         if not self.items:
             self.oldest = time.monotonic()
         self.items.append(item)
@@ -279,6 +292,49 @@ class Batcher:
         self.inflight -= 1
         self._tick()
 
+    def _ack(self, messages: list[Any]) -> str:
+        """Acknowledge a batch's messages with one command where the broker allows it.
+
+        One ack per message costs the main process a socket write (RabbitMQ) or a
+        Redis round trip each, a sixth of its time. RabbitMQ's `multiple` ack settles
+        every unsettled delivery up to a tag, so it is sent only when no other open
+        message of this channel (another batch, the buffer, a retry waiting for its
+        ETA, an admin task) sits below the batch's highest tag; otherwise one by one.
+        kombu's Redis transport ignores `multiple`; there the batch's unacked records
+        are removed in one pipeline instead. Returns which way it went.
+        """
+        driver = self.consumer.connection.transport.driver_type
+        if len(messages) > 1 and driver == "amqp" and self._covers_only(messages):
+            max(messages, key=lambda m: m.delivery_tag).ack(multiple=True)
+            mode = "multiple"
+        elif len(messages) > 1 and driver == "redis" \
+                and all(m.channel is messages[0].channel for m in messages):
+            _redis_ack(messages)
+            mode = "pipeline"
+        else:
+            for message in messages:
+                message.ack()
+            return "each"
+        for message in messages:
+            message._state = "ACK"  # what kombu's own ack records
+        return mode
+
+    def _covers_only(self, messages: list[Any]) -> bool:
+        """Whether a multiple ack up to the messages' highest tag covers only them."""
+        mine = {m.delivery_tag for m in messages}
+        if any(self.open.get(m.delivery_tag) is not m for m in messages):
+            return False  # taken on an older channel
+        top = max(mine)
+        for tag, message in list(self.open.items()):
+            if tag > top:
+                break
+            if tag in mine:
+                continue
+            if not message.acknowledged:
+                return False
+            del self.open[tag]
+        return True
+
     def flush(self) -> None:
         items, messages = self.items, self.messages
         self.items, self.messages, self.events = [], [], 0
@@ -286,21 +342,25 @@ class Batcher:
         self.inflight += 1
 
         def settle(verdicts: list[str]) -> None:
-            for message, verdict in zip(messages, verdicts, strict=True):
-                try:
-                    if verdict == ACK:
-                        message.ack()
-                    else:
+            try:
+                # Requeues first: a grouped ack must not cover them.
+                for message, verdict in zip(messages, verdicts, strict=True):
+                    if verdict != ACK:
                         message.reject(requeue=True)
-                except (*errors, AttributeError) as exc:
-                    # The broker is gone, or the message's channel closed with an old
-                    # connection (kombu raises AttributeError then): every other ack would
-                    # fail the same way, and a burst of them trips kombu's reconnection.
-                    # Unacknowledged, the messages are delivered again; their effect is
-                    # already recorded, so that changes nothing.
-                    log.warning("broker connection lost while acknowledging a batch",
-                                extra={"messages": len(messages), "error": str(exc)})
-                    return
+                self._ack([m for m, v in zip(messages, verdicts, strict=True) if v == ACK])
+            except (*errors, AttributeError) as exc:
+                # The broker is gone, or the message's channel closed with an old
+                # connection (kombu raises AttributeError then): every other ack would
+                # fail the same way, and a burst of them trips kombu's reconnection.
+                # Unacknowledged, the messages are delivered again; their effect is
+                # already recorded, so that changes nothing.
+                log.warning("broker connection lost while acknowledging a batch",
+                            extra={"messages": len(messages), "error": str(exc)})
+            finally:
+                for settled in messages:
+                    tag = settled.delivery_tag
+                    if self.open.get(tag) is settled:
+                        del self.open[tag]
 
         def done(verdicts: list[str]) -> None:
             self._finished()
@@ -337,6 +397,22 @@ def _poisoned(message: Any, crashes: int, detail: str) -> bool:
     except LoyaltyError:
         return False
     return True
+
+
+#: Past this many open messages, settled ones are swept out of `Batcher.open`.
+_OPEN_LIMIT = 20_000
+
+
+def _redis_ack(messages: list[Any]) -> None:
+    """What kombu's Redis QoS.ack does per message, for all of them in one pipeline."""
+    channel = messages[0].channel
+    qos = channel.qos
+    tags = [m.delivery_tag for m in messages]
+    with channel.conn_or_acquire() as client:
+        client.pipeline().zrem(qos.unacked_index_key, *tags) \
+            .hdel(qos.unacked_key, *tags).execute()
+    for tag in tags:
+        VirtualQoS.ack(qos, tag)
 
 
 def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
@@ -379,6 +455,6 @@ def _batchable(name: str, message: Any) -> dict[str, Any] | None:
     if any(embed.get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
         return None
     return {"task": name, "id": headers["id"], "args": body[0], "kwargs": body[1],
-            "retries": 0, "body": json.dumps(body),
+            "retries": 0,
             "delivery_info": {"exchange": delivery_info.get("exchange"),
                               "routing_key": delivery_info.get("routing_key")}}

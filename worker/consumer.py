@@ -88,10 +88,16 @@ class DeadLetteringConsumer(Consumer):
             # Headers that Celery trips over (a missing id, a bad eta) raise out of
             # its strategy and would kill the consumer; keep the message instead.
             try:
-                return handler(message)
+                result = handler(message)
             except Exception as exc:
                 if getattr(message, "acknowledged", False):
                     raise
                 return _keep(message, _content_reason(exc), exc)
+            # A message left open here (a stock-path task, a retry waiting for its ETA)
+            # must not be covered by a batch's grouped ack.
+            batcher = getattr(self, "_loyalty_batcher", None)
+            if batcher is not None and not message.acknowledged:
+                batcher.track(message)
+            return result
 
         return on_task_received
