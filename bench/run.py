@@ -234,6 +234,8 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=0, metavar="N",
                         help="also time `loyalty dlq replay --all` of N dead letters")
     parser.add_argument("--skip-references", action="store_true")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a worker setting, e.g. batch_wait_ms=5 (LOYALTY_BATCH_WAIT_MS)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -244,9 +246,15 @@ def main() -> None:
 
     run_id = uuid.uuid4().hex[:6]
     dep = Deployment(args.broker, run_id)
+    for setting in args.setting:
+        name, sep, value = setting.partition("=")
+        if not sep:
+            parser.error(f"--setting {setting!r}: expected NAME=VALUE")
+        dep.env[f"LOYALTY_{name.upper()}"] = value
     results: dict[str, Any] = {"broker": args.broker, "events": args.events,
                                "accounts": args.accounts, "processes": args.processes,
                                "concurrency": args.concurrency, "hot": args.hot, "bulk": args.bulk,
+                               "settings": args.setting,
                                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                                "at": datetime.now(UTC).isoformat()}
     try:
