@@ -234,6 +234,12 @@ class Batcher:
         self.inflight = 0
         self.oldest = 0.0
         self.entry: Any = None
+        #: Events and messages taken into batches and not settled yet; events per
+        #: message lately (a max that decays): what `_credit` sizes the prefetch by.
+        self.held_events = 0
+        self.held_messages = 0
+        self.per_message = 1.0
+        self.most_events = max(s.prefetch_multiplier, 2 * s.batch_size)
         #: Every message taken on the current channel and not settled yet, in delivery
         #: order (so by delivery tag), whichever path it took: see `_ack`.
         self.open: dict[Any, Any] = {}
@@ -278,8 +284,30 @@ class Batcher:
         self.items.append(item)
         self.messages.append(message)
         self.events += events
+        self.held_events += events
+        self.held_messages += 1
+        self.per_message = max(float(events), self.per_message * 0.99)
+        self._credit()
         if self.events >= self.size:
             self.flush()
+
+    def _credit(self) -> None:
+        """Size the prefetch in events, not messages: two batches per pool process.
+
+        The broker counts messages, and a bulk message holds up to 1,000 events:
+        a prefetch of 2,000 single events would let 2,000 bulk messages (two million
+        events) into this process. So the prefetch is what is held plus the room
+        left divided by the recent events per message. (Celery's own adjustments
+        for messages with an ETA are overridden; they are rare here.)
+        """
+        qos = getattr(self.consumer, "qos", None)
+        if qos is None:
+            return
+        most = self.most_events * max(getattr(self.consumer.pool, "num_processes", 1), 1)
+        room = max(0, most - self.held_events)
+        want = min(most, max(1, self.held_messages + int(room / self.per_message)))
+        if qos.value != want:
+            qos.value = want  # Celery's loop sends it to the broker (basic.qos)
 
     def _tick(self) -> None:
         # While every pool process is busy, a waiting batch keeps filling instead of
@@ -336,7 +364,7 @@ class Batcher:
         return True
 
     def flush(self) -> None:
-        items, messages = self.items, self.messages
+        items, messages, events = self.items, self.messages, self.events
         self.items, self.messages, self.events = [], [], 0
         errors = self.consumer.connection_errors
         self.inflight += 1
@@ -361,6 +389,9 @@ class Batcher:
                     tag = settled.delivery_tag
                     if self.open.get(tag) is settled:
                         del self.open[tag]
+                self.held_events -= events
+                self.held_messages -= len(messages)
+                self._credit()
 
         def done(verdicts: list[str]) -> None:
             self._finished()

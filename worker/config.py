@@ -33,10 +33,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # Batches need messages in hand: two batches per process, one filling while
-        # one commits (unacknowledged ones are delivered again if the worker dies).
-        "worker_prefetch_multiplier": settings.prefetch_multiplier if settings.batch_size <= 1
-        else max(settings.prefetch_multiplier, 2 * settings.batch_size),
+        # The starting prefetch. With batching on, the batcher raises it to two
+        # batches per process once it sees single events, and keeps it low for bulk
+        # messages (see worker.batching.Batcher._credit).
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "task_ignore_result": True,
         "result_expires": settings.result_expires,
         "result_extended": False,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
+import psycopg
 import pytest
+import redis
 
 from loyalty.publish import Publisher
 from loyalty.settings import Settings
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import rabbitmqctl, wait_for
 from tests.e2e.streams import TS, balances, letters_by_message, processed, shop, sql
-from tests.e2e.test_failures import FAST
+from tests.e2e.test_failures import FAST, pool_processes_blocked
 
 
 def order(contact: str, order_id: str, total: str, event_id: str | None = None) -> dict:
@@ -60,3 +64,46 @@ def test_invalid_bulk_envelope_is_dead_lettered_whole(deploy) -> None:
                                      queue="loyalty.events").id
     wait_for(lambda: message_id in letters_by_message(env), 60, "the letter")
     assert letters_by_message(env)[message_id] == "invalid_payload"
+
+
+def unacknowledged(env) -> int:
+    if env.broker.kind == "redis":
+        client = redis.Redis.from_url(env.broker.url)
+        try:
+            return int(client.hlen("unacked"))
+        finally:
+            client.close()
+    out = rabbitmqctl("list_queues", "-p", str(env.broker.vhost), "--no-table-headers",
+                      "name", "messages_unacknowledged")
+    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_bulk_messages_are_prefetched_by_their_events(deploy, broker: str) -> None:
+    """The prefetch counts messages; 2,000 bulk messages would be two million events."""
+    env = deploy(broker)
+    worker = env.worker(concurrency=2)
+    contacts = [f"c{n}" for n in range(40)]
+    with Publisher(settings=Settings.from_env(env.vars)) as publisher:
+        publisher.send_bulk(("signup", {"event_id": f"s-{c}", "contact_id": c,
+                                        "occurred_at": TS}) for c in contacts)
+        wait_for(lambda: processed(env) == len(contacts), 60, "the signups")
+        url = env.db_url.replace("postgresql+psycopg://", "postgresql://")
+        holder = psycopg.connect(url)
+        try:
+            # Every account locked: the batches wait, so what the worker holds stays put.
+            holder.execute("SELECT 1 FROM accounts FOR UPDATE")
+            publisher.send_bulk((("order.completed", order(contacts[k % 40], f"o{k}", "1.00"))
+                                 for k in range(20_000)), per_message=500)
+            wait_for(lambda: pool_processes_blocked(env, worker), 60, "a blocked batch")
+            time.sleep(1)
+            held = unacknowledged(env)
+        finally:
+            holder.rollback()
+            holder.close()
+    # At most the starting prefetch (4 per process) before the first bulk message is
+    # seen; after it, about two batches of events per process (4 messages of 500).
+    assert 1 <= held <= 8, f"the worker holds {held} bulk messages of 500 events"
+    wait_for(lambda: processed(env) == len(contacts) + 20_000, 120, "every order")
+    assert balances(env) == {c: 100 + 500 for c in contacts}
+    assert env.cli_json("verify")["ok"]
