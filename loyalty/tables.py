@@ -127,7 +127,8 @@ ledger_entries = Table(
     Column("amount", BigInteger, nullable=False),
     Column("balance_after", BigInteger, nullable=False),
     Column("description", Text, nullable=False, server_default=""),
-    Column("idempotency_key", Text, nullable=False, unique=True),
+    #: 'event:<event_id>' for an event's entry (unique with its event_id), else unique.
+    Column("idempotency_key", Text, nullable=False),
     # EARN source
     Column("event_type", Text, nullable=True),
     Column("event_id", Text, nullable=True, unique=True),
@@ -157,6 +158,11 @@ ledger_entries = Table(
                     name="adjust_has_source"),
     CheckConstraint("balance_before IS NULL OR balance_before + amount = balance_after",
                     name="adjust_adds_up"),
+    CheckConstraint("(event_id IS NULL AND NOT starts_with(idempotency_key, 'event:'))"
+                    " OR (event_id IS NOT NULL AND idempotency_key = 'event:' || event_id)",
+                    name="event_key"),
+    Index("uq_ledger_entries_idempotency_key", "idempotency_key", unique=True,
+          postgresql_where=text("event_id IS NULL")),
     Index("ix_ledger_entries_account_seq", "account_id", "seq"),
     # Signup earns once per account; an order earns once per account, whatever its event_id.
     Index("uq_ledger_entries_one_signup", "account_id", unique=True,

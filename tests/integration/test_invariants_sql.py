@@ -98,6 +98,27 @@ def test_second_signup_earn_is_refused(raw: psycopg.Connection, account_id: str)
             "VALUES (%s, 'EARN', 100, 210, 'event:s2', 'signup', 's2', 1, 1)", (account_id,))
 
 
+def test_an_idempotency_key_is_never_shared(raw: psycopg.Connection, account_id: str) -> None:
+    """Event entries are unique by event_id, others by key; a CHECK ties an event's key to it."""
+    earn = ("INSERT INTO ledger_entries (account_id, type, amount, balance_after, idempotency_key,"
+            " event_type, event_id, order_id, rule_id, rule_revision)"
+            " VALUES (%s, 'EARN', 5, 115, %s, 'order.completed', 'e-new', 'B', 2, 1)")
+    assert "event_key" in refused(raw, earn, (account_id, "event:someone-else"))
+    adjust = ("INSERT INTO ledger_entries (account_id, type, amount, balance_after,"
+              " idempotency_key, actor, balance_before) VALUES (%s, 'ADJUST', 5, %s, %s, 'm', %s)")
+    # An entry without an event may not take an event's key ...
+    assert "event_key" in refused(raw, adjust, (account_id, 115, "event:e-new", 110))
+    # ... and two of them may not share one.
+    with pytest.raises(psycopg.errors.UniqueViolation) as info, raw.transaction():
+        raw.execute("UPDATE accounts SET balance = balance + 10, adjusted = adjusted + 10, "
+                    "revision = revision + 2 WHERE id = %s", (account_id,))
+        raw.execute("INSERT INTO ledger_entries (account_id, type, amount, balance_after,"
+                    " idempotency_key, actor, balance_before) VALUES"
+                    " (%s, 'ADJUST', 5, 115, 'adjust:same', 'm', 110),"
+                    " (%s, 'ADJUST', 5, 120, 'adjust:same', 'm', 115)", (account_id, account_id))
+    assert "uq_ledger_entries_idempotency_key" in str(info.value)
+
+
 @pytest.mark.parametrize(("column", "value"), [
     ("type", "'GIFT'"), ("amount", "-5"),  # EARN must be positive
 ])
@@ -107,7 +128,7 @@ def test_entry_shape_checks(raw: psycopg.Connection, account_id: str, column: st
     values[column] = value
     refused(raw, "INSERT INTO ledger_entries (account_id, type, amount, balance_after, "
                  f"idempotency_key, event_type, event_id, rule_id, rule_revision) VALUES "
-                 f"(%s, {values['type']}, {values['amount']}, 115, 'k', 'signup', 'e', 1, 1)",
+                 f"(%s, {values['type']}, {values['amount']}, 115, 'event:e', 'signup', 'e', 1, 1)",
             (account_id,))
 
 
