@@ -26,6 +26,9 @@ from loyalty.settings import Settings
 from loyalty.signing import enable_signing
 from schemas.events import BULK_MAX_EVENTS, BULK_TYPES, TASKS, describe_errors
 
+#: Celery's default cap on a task's argument repr.
+_REPR_MAX = 1024
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -53,6 +56,7 @@ class Publisher:
                            cert_store=settings.security_cert_store)
         self._connection: Any = None
         self._producer: Any = None
+        self._declared: set[tuple[Any, str]] = set()
 
     def __enter__(self) -> Publisher:
         return self
@@ -79,13 +83,23 @@ class Publisher:
             self._connection = self.app.connection_for_write()
             self._producer = self._connection.Producer(serializer="json")
         task_id = str(uuid.uuid4())
+        # The repr shown by monitoring tools: Celery's own (saferepr) took a third of
+        # the time of a publish.
+        text = repr(args)
         headers, properties, body, _sent = self.app.amqp.as_task_v2(
-            task_id, task_name, args=args, kwargs={})
+            task_id, task_name, args=args, kwargs={}, kwargsrepr="{}",
+            argsrepr=text if len(text) <= _REPR_MAX else text[:_REPR_MAX - 3] + "...")
+        # Declared once per channel (a new one after a reconnection): kombu caches the
+        # declaration itself, but binding the queue again cost a tenth of a publish.
+        channel = self._producer.channel
+        declare = [self.app.amqp.queues[queue]] if (channel, queue) not in self._declared else []
         self._producer.publish(
             body, exchange="", routing_key=queue, headers=headers, delivery_mode=2,
-            declare=[self.app.amqp.queues[queue]], retry=True,
+            declare=declare, retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
             **properties)
+        if declare:
+            self._declared.add((self._producer.channel, queue))
         return self.app.AsyncResult(task_id)
 
     def send(self, task_name: str, payload: dict[str, Any]) -> AsyncResult:
