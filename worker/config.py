@@ -44,9 +44,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": max(1, settings.task_time_limit - 5),
         # Redis: unacknowledged messages are restored under a mutex that outlives a
         # restorer which died with its connection (kombu's default: 300 s); keep that
-        # no longer than the visibility timeout itself.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout,
-                                     "unacked_mutex_expire": settings.visibility_timeout},
+        # no longer than the visibility timeout itself. And sweep for them every
+        # interval: kombu scans only every 10th sweep by default, so a message whose
+        # consumer lost its connection waited up to 100 s past its visibility timeout.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_mutex_expire": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 2)),
+            "unacked_restore_throttle": 1,
+        },
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         # Same declarations as a bare `send_task(..., queue="loyalty.events")`
