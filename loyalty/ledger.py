@@ -22,7 +22,6 @@ from uuid import UUID
 from sqlalchemy import (
     Connection,
     Engine,
-    bindparam,
     func,
     select,
     text,
@@ -839,9 +838,8 @@ class Ledger:
         ids = list(dict.fromkeys(letter_ids))
 
         def work(conn: Connection) -> list[dict[str, Any]]:
-            rows = {row["id"]: row for row in conn.execute(
-                select(dead_letters).where(dead_letters.c.id.in_(ids))
-                .order_by(dead_letters.c.id).with_for_update()).mappings()}
+            rows = {row["id"]: row for row in conn.exec_driver_sql(
+                _LOCK_LETTERS, {"ids": ids}).mappings()}
             for letter_id in ids:
                 if letter_id not in rows:
                     raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
@@ -884,15 +882,14 @@ class Ledger:
             if dry_run:
                 raise _Rollback({"items": [reports[i] for i in ids]})
             if done:
-                conn.execute(update(dead_letters).where(dead_letters.c.id == bindparam("lid"))
-                             .values(status="replayed", replayed_at=func.now(),
-                                     replay_outcome=bindparam("outcome")), done)
+                conn.exec_driver_sql(_LETTERS_REPLAYED, {
+                    "ids": [d["lid"] for d in done],
+                    "outcomes": [json.dumps(d["outcome"]) for d in done]})
             if failed:
-                conn.execute(update(dead_letters).where(dead_letters.c.id == bindparam("lid"))
-                             .values(attempts=dead_letters.c.attempts + 1,
-                                     last_failed_at=func.now(), reason=bindparam("reason"),
-                                     error_detail=bindparam("detail"),
-                                     replay_outcome=bindparam("outcome")), failed)
+                conn.exec_driver_sql(_LETTERS_FAILED_AGAIN, {
+                    "ids": [f["lid"] for f in failed], "reasons": [f["reason"] for f in failed],
+                    "details": [f["detail"] for f in failed],
+                    "outcomes": [json.dumps(f["outcome"]) for f in failed]})
             return [reports[i] for i in ids]
 
         try:
@@ -1142,6 +1139,20 @@ _CREDIT_ACCOUNTS = _set_based(
     " revision = a.revision + d.entries, updated_at = now(), last_activity_at = now()"
     " FROM unnest(CAST(:ids AS uuid[]), CAST(:points AS bigint[]), CAST(:entries AS bigint[]))"
     " AS d(id, points, entries) WHERE a.id = d.id")
+
+_LOCK_LETTERS = _set_based(
+    "SELECT id, task_name, payload, headers, status FROM dead_letters"
+    " WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE")
+_LETTERS_REPLAYED = _set_based(
+    "UPDATE dead_letters d SET status = 'replayed', replayed_at = now(),"
+    " replay_outcome = CAST(u.outcome AS jsonb)"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[])) AS u(id, outcome)"
+    " WHERE d.id = u.id")
+_LETTERS_FAILED_AGAIN = _set_based(
+    "UPDATE dead_letters d SET attempts = d.attempts + 1, last_failed_at = now(),"
+    " reason = u.reason, error_detail = u.detail, replay_outcome = CAST(u.outcome AS jsonb)"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[]), CAST(:details AS text[]),"
+    " CAST(:outcomes AS text[])) AS u(id, reason, detail, outcome) WHERE d.id = u.id")
 
 _ENTRY_COLUMNS = {
     "id": "uuid", "account_id": "uuid", "type": "text", "amount": "bigint",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -70,33 +71,32 @@ def left_in_queue(url: str, queue: Queue) -> list[int]:
             message.ack()
 
 
-def batcher_for(conn: Connection, messages: list[Any]) -> Batcher:
-    batcher = Batcher(SimpleNamespace(connection=conn))
-    for message in messages:  # as the consumer does, in delivery order
-        batcher.track(message)
-    return batcher
+@contextmanager
+def holding(url: str, queue: Queue, n: int) -> Iterator[tuple[list[Any], Batcher]]:
+    """n messages taken and not acknowledged, and a batcher that tracked them as the
+    consumer does; closing the connection at the end returns what is still open
+    (Redis restores its unacked records at close)."""
+    publish(url, queue, n)
+    with Connection(url) as conn:
+        messages = take(conn, queue, n)
+        batcher = Batcher(SimpleNamespace(connection=conn))
+        for message in messages:  # in delivery order
+            batcher.track(message)
+        yield messages, batcher
 
 
 def test_a_batch_below_every_open_message_is_acknowledged_at_once(broker_url: str,
                                                                    queue: Queue) -> None:
-    publish(broker_url, queue, 10)
-    with Connection(broker_url) as conn:
-        messages = take(conn, queue, 10)
-        batcher = batcher_for(conn, messages)
+    with holding(broker_url, queue, 10) as (messages, batcher):
         mode = batcher._ack(messages[:5])
         assert mode == ("multiple" if broker_url.startswith("amqp") else "pipeline")
         assert all(m.acknowledged for m in messages[:5])
-    # Closing the connection returns what was still unacknowledged (Redis: its unacked
-    # records are restored at close).
     assert left_in_queue(broker_url, queue) == [5, 6, 7, 8, 9]
 
 
 def test_a_grouped_ack_never_covers_an_open_message_below_the_batch(broker_url: str,
                                                                       queue: Queue) -> None:
-    publish(broker_url, queue, 10)
-    with Connection(broker_url) as conn:
-        messages = take(conn, queue, 10)
-        batcher = batcher_for(conn, messages)
+    with holding(broker_url, queue, 10) as (messages, batcher):
         messages[2].ack()  # settled elsewhere (a stock-path task): no longer in the way
         batch = [messages[0], messages[1], messages[4], messages[5], messages[6]]
         # messages[3] is still held by another path, below the batch's highest tag.
