@@ -72,8 +72,11 @@ class Event:
     parsed: SignupEvent | OrderCompletedEvent | None = None
 
 
-def apply_batch(items: list[dict[str, Any]]) -> list[str]:
+def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> list[str]:
     """Apply the messages of one batch; returns ACK or REQUEUE for each message.
+
+    `taken_at` (epoch seconds) is when the worker took the batch's first message: the
+    log line reports how long it waited before it was applied, buffering included.
 
     Runs in a pool process. Never raises for a message's content: a bad event is
     dead-lettered, an event that is not applicable yet is published again for
@@ -100,6 +103,7 @@ def apply_batch(items: list[dict[str, Any]]) -> list[str]:
     if not valid:
         return verdicts
     started = time.perf_counter()
+    waited = round((time.time() - taken_at) * 1000, 1) if taken_at else None
     try:
         results: list[EventOutcome | LoyaltyError | None] = list(
             ledger().apply_events([e.parsed for e in valid]))  # type: ignore[misc]
@@ -128,7 +132,8 @@ def apply_batch(items: list[dict[str, Any]]) -> list[str]:
             _dead_letter(event, result.reason, str(result), verdicts=verdicts)
     log.info("batch applied", extra={
         "messages": len(items), "events": len(events), "applied": applied,
-        "failed": len(events) - applied, "ms": round((time.perf_counter() - started) * 1000, 1)})
+        "failed": len(events) - applied, "waited_ms": waited,
+        "ms": round((time.perf_counter() - started) * 1000, 1)})
     return verdicts
 
 
@@ -233,6 +238,7 @@ class Batcher:
         self.events = 0
         self.inflight = 0
         self.oldest = 0.0
+        self.taken_at = 0.0
         self.entry: Any = None
         #: Events and messages taken into batches and not settled yet; events per
         #: message lately (a max that decays): what `_credit` sizes the prefetch by.
@@ -281,6 +287,7 @@ class Batcher:
         self.track(message)
         if not self.items:
             self.oldest = time.monotonic()
+            self.taken_at = time.time()
         self.items.append(item)
         self.messages.append(message)
         self.events += events
@@ -417,7 +424,7 @@ class Batcher:
                     for item, message in zip(items, messages, strict=True)])
 
         self.consumer.pool.apply_async(
-            apply_batch, args=(items,), callback=done, error_callback=failed,
+            apply_batch, args=(items, self.taken_at), callback=done, error_callback=failed,
             timeout=self.time_limit, soft_timeout=None)
 
 
