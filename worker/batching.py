@@ -475,6 +475,25 @@ def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
     return task_message_handler
 
 
+def _decode(message: Any) -> Any:
+    """The body as plain JSON, decoded by the C parser alone where that is the same thing.
+
+    kombu's decoder wraps every body in its serializer registry and an object hook
+    for its own tagged types (`{"__type__": "datetime", ...}`, which a Python
+    producer's datetime becomes): a sixth of the main process's time. A body that
+    holds such a tag, is not UTF-8, or does not parse goes through kombu, which
+    decodes it the same way as before or raises into the consumer, which keeps it.
+    """
+    raw = message.body
+    if message.content_encoding in ("utf-8", "utf8") and isinstance(raw, bytes | str) \
+            and ("__type__" not in raw if isinstance(raw, str) else b"__type__" not in raw):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+    return message.decode()
+
+
 def _batchable(name: str, message: Any) -> dict[str, Any] | None:
     headers = message.headers
     if not isinstance(headers, dict) or message.content_type != "application/json":
@@ -485,7 +504,7 @@ def _batchable(name: str, message: Any) -> dict[str, Any] | None:
     delivery_info = message.delivery_info or {}
     if delivery_info.get("redelivered"):
         return None
-    body = message.decode()  # undecodable bodies raise into the consumer, which keeps them
+    body = _decode(message)
     if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list)
             and isinstance(body[1], dict) and isinstance(body[2], dict)):
         return None

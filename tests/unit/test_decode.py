@@ -1,0 +1,45 @@
+"""The batch path's fast JSON decoding must give what kombu's decoder gives, or defer to it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from kombu.exceptions import DecodeError
+from kombu.message import Message
+from kombu.utils.json import dumps
+
+from worker.batching import _decode
+
+
+def message(body: bytes | str, encoding: str = "utf-8") -> Message:
+    return Message(body=body, content_type="application/json", content_encoding=encoding,
+                   accept=["application/json"])
+
+
+@pytest.mark.parametrize("payload", [
+    [[{"event_id": "e", "total": "49.90", "name": "Zoë ✓"}], {}, {"callbacks": None}],
+    [[{"nested": [1, 2.5, None, True, {"k": "v"}]}], {}, {}],
+])
+def test_plain_json_decodes_as_kombu_does(payload: list) -> None:
+    body = dumps(payload).encode()
+    assert _decode(message(body)) == message(body).decode() == payload
+
+
+def test_kombu_tagged_values_still_go_through_kombu() -> None:
+    # A Python producer's datetime or Decimal is sent as {"__type__": ..., "__value__": ...}.
+    when = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+    body = dumps([[{"occurred_at": when, "total": Decimal("1.50")}], {}, {}]).encode()
+    assert b"__type__" in body
+    decoded = _decode(message(body))
+    assert decoded == message(body).decode()
+    assert decoded[0][0]["occurred_at"] == when
+
+
+@pytest.mark.parametrize("body", [b"[[{]", b"\xff\xfe not utf-8"])
+def test_undecodable_bodies_raise_as_kombu_does(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        message(body).decode()
+    with pytest.raises(DecodeError):
+        _decode(message(body))
