@@ -573,7 +573,9 @@ def dlq_replay(ctx: Context, ids: tuple[int, ...], reason: str | None, since: st
         for letter_id in letter_ids:
             ledger.dead_letter(letter_id)  # one-line error if it does not exist at all
     else:
-        letter_ids = ledger.pending_dead_letter_ids(reason=reason, since=_since(since))
+        # Every matching letter: a default cap would leave the rest pending unsaid.
+        letter_ids = ledger.pending_dead_letter_ids(reason=reason, since=_since(since),
+                                                    limit=None)
     label = "dry run" if dry_run else "replaying"
     with click.progressbar(length=len(letter_ids), label=label, file=sys.stderr,
                            show_pos=True) as bar:

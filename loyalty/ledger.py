@@ -765,8 +765,9 @@ class Ledger:
         return {"by_reason": by_reason, "by_status": by_status, "total": sum(by_status.values())}
 
     def pending_dead_letter_ids(self, *, ids: list[int] | None = None, reason: str | None = None,
-                                since: datetime | None = None, limit: int = 100_000) -> list[int]:
-        """The pending letters a replay would take, oldest first."""
+                                since: datetime | None = None,
+                                limit: int | None = 100_000) -> list[int]:
+        """The pending letters a replay would take, oldest first; all of them without a limit."""
         query = (select(dead_letters.c.id).where(dead_letters.c.status == "pending")
                  .order_by(dead_letters.c.id).limit(limit))
         if ids is not None:
