@@ -249,6 +249,7 @@ class Batcher:
         #: Every message taken on the current channel and not settled yet, in delivery
         #: order (so by delivery tag), whichever path it took: see `_ack`.
         self.open: dict[Any, Any] = {}
+        self.open_limit = _OPEN_LIMIT
 
     def start(self) -> None:
         """(Re)arm at every consumer start: a lost connection cancels the consumer's timers.
@@ -262,7 +263,7 @@ class Batcher:
                 self.consumer.timer.cancel(self.entry)
             except Exception:  # already cancelled with the old connection
                 log.debug("batch timer already cancelled")
-        self.open = {}  # a new channel numbers its deliveries from 1 again
+        self.open, self.open_limit = {}, _OPEN_LIMIT  # a new channel numbers from 1 again
         if self.items:
             log.warning("connection restarted; applying the messages still buffered",
                         extra={"messages": len(self.items)})
@@ -280,8 +281,11 @@ class Batcher:
     def track(self, message: Any) -> None:
         """Record a message that is still unacknowledged after its handler returned."""
         self.open[message.delivery_tag] = message
-        if len(self.open) > _OPEN_LIMIT:  # settled stragglers behind a long-held message
+        if len(self.open) > self.open_limit:  # settled stragglers behind a long-held message
             self.open = {t: m for t, m in self.open.items() if not m.acknowledged}
+            # Still that many open (a flood of retries waiting for their ETA): sweep
+            # again only once it has doubled, not at every message.
+            self.open_limit = max(_OPEN_LIMIT, 2 * len(self.open))
 
     def add(self, item: dict[str, Any], events: int, message: Any) -> None:
         self.track(message)
