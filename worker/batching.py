@@ -486,10 +486,14 @@ def _decode(message: Any) -> Any:
     for its own tagged types (`{"__type__": "datetime", ...}`, which a Python
     producer's datetime becomes): a sixth of the main process's time. A body that
     holds such a tag, is not UTF-8, or does not parse goes through kombu, which
-    decodes it the same way as before or raises into the consumer, which keeps it.
+    decodes it the same way as before or raises into the consumer, which keeps it; so
+    does every body when the worker does not accept plain JSON (message signing).
     """
-    raw = message.body
-    if message.content_encoding in ("utf-8", "utf8") and isinstance(raw, bytes | str) \
+    raw, accept = message.body, message.accept
+    # Only where the worker accepts plain JSON at all: with message signing on, an
+    # unsigned JSON body must reach kombu, which refuses it (and the consumer keeps it).
+    if (accept is None or "application/json" in accept) \
+            and message.content_encoding in ("utf-8", "utf8") and isinstance(raw, bytes | str) \
             and ("__type__" not in raw if isinstance(raw, str) else b"__type__" not in raw):
         try:
             return json.loads(raw)

@@ -6,16 +6,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from kombu.exceptions import DecodeError
+from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
 from kombu.utils.json import dumps
 
 from worker.batching import _decode
 
 
-def message(body: bytes | str, encoding: str = "utf-8") -> Message:
+def message(body: bytes | str, encoding: str = "utf-8",
+            accept: tuple[str, ...] = ("application/json",)) -> Message:
     return Message(body=body, content_type="application/json", content_encoding=encoding,
-                   accept=["application/json"])
+                   accept=list(accept))
 
 
 @pytest.mark.parametrize("payload", [
@@ -43,3 +44,11 @@ def test_undecodable_bodies_raise_as_kombu_does(body: bytes) -> None:
         message(body).decode()
     with pytest.raises(DecodeError):
         _decode(message(body))
+
+
+def test_json_is_refused_where_the_worker_accepts_only_signed_messages() -> None:
+    # With LOYALTY_SECURITY_* set, Celery accepts only its `auth` serializer: an
+    # unsigned JSON body must be refused, not decoded past the signature check.
+    body = dumps([[{"event_id": "plain"}], {}, {}]).encode()
+    with pytest.raises(ContentDisallowed):
+        _decode(message(body, accept=("application/data",)))
