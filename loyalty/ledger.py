@@ -780,61 +780,38 @@ class Ledger:
 
     def replay_dead_letter(self, letter_id: int, decode: Callable[[Mapping[Any, Any]], Contract],
                            *, dry_run: bool = False, actor: str | None = None) -> dict[str, Any]:
-        """Run a pending letter through its original task's unit of work.
+        """One letter on its own: for a chunk the database refused as a whole.
 
-        The ledger write and the letter's change to `replayed` commit together, so a
-        letter is never marked replayed without its effect, nor applied twice by two
-        operators replaying at once. A dry run does all the work, then rolls it back.
+        If even the letter alone is refused, it stays pending with one more attempt
+        and the reason, recorded in a transaction of its own.
         """
-        report: dict[str, Any] = {"id": letter_id}
-
-        def work(conn: Connection) -> dict[str, Any]:
-            letter = conn.execute(
-                select(dead_letters).where(dead_letters.c.id == letter_id).with_for_update()
-            ).mappings().first()
-            if letter is None:
-                raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
-            report["task_name"] = letter["task_name"]
-            if letter["status"] != "pending":
-                return {**report, "result": "skipped", "reason": f"letter is {letter['status']}"}
-            message = decode(letter)
-            effect = self._work_for(message)(conn)
-            effect = effect.as_dict() if isinstance(effect, EventOutcome) else effect
-            outcome = {**report, "result": "would_replay" if dry_run else "replayed",
-                       "effect": effect}
-            if dry_run:
-                raise _Rollback(outcome)
-            conn.execute(update(dead_letters).where(dead_letters.c.id == letter_id).values(
-                status="replayed", replayed_at=func.now(),
-                replay_outcome={**outcome, "actor": actor}))
-            return outcome
-
         try:
-            return self._run(work)
-        except _Rollback as done:
-            return done.outcome
+            return self.replay_dead_letters([letter_id], decode, dry_run=dry_run, actor=actor)[0]
         except (DeadLetterNotFound, TransientError):
             raise
         except LoyaltyError as exc:
-            failed = {**report, "result": "would_fail" if dry_run else "failed",
+            report = {"id": letter_id, "task_name": self.dead_letter(letter_id)["task_name"],
+                      "result": "would_fail" if dry_run else "failed",
                       "reason": exc.reason, "detail": str(exc)}
             if not dry_run:
                 again = (update(dead_letters)
                          .where(dead_letters.c.id == letter_id, dead_letters.c.status == "pending")
                          .values(attempts=dead_letters.c.attempts + 1, last_failed_at=func.now(),
                                  reason=exc.reason, error_detail=str(exc)[:4000],
-                                 replay_outcome={**failed, "actor": actor}))
+                                 replay_outcome={**report, "actor": actor}))
                 self._run(lambda conn: conn.execute(again))
-            return failed
+            return report
 
     def replay_dead_letters(self, letter_ids: Sequence[int],
                             decode: Callable[[Mapping[Any, Any]], Contract], *,
                             dry_run: bool = False, actor: str | None = None
                             ) -> list[dict[str, Any]]:
-        """`replay_dead_letter` for many letters in one transaction, events applied as a batch.
+        """Run pending letters through their original tasks' work, in one transaction.
 
-        Each letter gets the same report and the same change (replayed, or back to
-        pending with one more attempt) as one by one; a dry run rolls it all back.
+        A letter's ledger write and its change to `replayed` commit together, so a
+        letter is never marked replayed without its effect, nor applied twice by two
+        operators replaying at once. Events are applied as one batch; a letter that
+        fails goes back to pending with one more attempt. A dry run rolls it all back.
         """
         ids = list(dict.fromkeys(letter_ids))
 

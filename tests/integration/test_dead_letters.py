@@ -188,3 +188,24 @@ def test_a_replay_of_many_letters_treats_each_on_its_own(ledger: Ledger) -> None
     assert ledger.dead_letter(ids[5])["status"] == "replayed"
     assert replay(ledger, everything)["summary"] == {"skipped": 701, "failed": 2}
     assert ledger.verify()["ok"]
+
+
+def test_a_chunk_refused_whole_is_replayed_letter_by_letter(ledger: Ledger,
+                                                           raw: Any) -> None:
+    """The database refuses the chunk (here: no letter may become `replayed`); each letter
+    is then tried alone, fails alone, and stays pending with nothing applied."""
+    ledger.apply_signup(signup("late"))
+    first = letter(ledger, ORDER)
+    second = letter(ledger, {**ORDER, "event_id": "evt-2", "order_id": "o-2"})
+    raw.execute("ALTER TABLE dead_letters ADD CONSTRAINT test_no_replays"
+                " CHECK (status <> 'replayed')")
+    report = replay(ledger, [first, second], actor="ops")
+    assert report["summary"] == {"failed": 2}
+    assert [(i["id"], i["task_name"]) for i in report["items"]] == [
+        (first, "loyalty.events.order_completed"), (second, "loyalty.events.order_completed")]
+    for letter_id in (first, second):
+        shown = ledger.dead_letter(letter_id)
+        assert (shown["status"], shown["attempts"]) == ("pending", 2)
+        assert shown["replay_outcome"]["actor"] == "ops"
+    assert ledger.get_account(contact_id="late")["points"]["balance"] == 100  # nothing applied
+    assert ledger.verify()["ok"]
