@@ -109,16 +109,35 @@ def db_group() -> None:
               help="Create the database first if it does not exist.")
 @pass_ctx
 def db_upgrade(ctx: Context, revision: str, create_database: bool) -> None:
-    """Apply the Alembic migrations."""
-    engine = db.get_engine(ctx.settings.database_url)
+    """Apply the Alembic migrations as the owner (LOYALTY_OWNER_DATABASE_URL), then grant
+    the application role (the user of LOYALTY_DATABASE_URL) what it needs."""
+    owner_url = ctx.settings.owner_database_url
+    engine = db.get_engine(owner_url)
     try:
-        if create_database and db.create_database_if_missing(ctx.settings.database_url):
-            click.echo(f"created database {mask_url(ctx.settings.database_url)}")
-        db.upgrade(engine, revision)
+        if create_database and db.create_database_if_missing(owner_url):
+            click.echo(f"created database {mask_url(owner_url)}")
+        granted = db.upgrade(engine, revision, app_url=ctx.settings.database_url)
     except Exception as exc:
         raise _database_error(exc) from None
-    click.echo(f"database {mask_url(ctx.settings.database_url)} at revision "
-               f"{db.current_revision(engine)}")
+    click.echo(f"database {mask_url(owner_url)} at revision {db.current_revision(engine)}")
+    if granted:
+        click.echo(f"granted the application role {granted} its rights")
+
+
+@db_group.command("create-roles")
+@pass_ctx
+def db_create_roles(ctx: Context) -> None:
+    """Create the owner and application roles and the database, as a superuser
+    (LOYALTY_BOOTSTRAP_DATABASE_URL). Safe to run again: it updates what exists."""
+    from loyalty.roles import create_roles
+
+    s = ctx.settings
+    try:
+        done = create_roles(s.bootstrap_database_url, s.owner_database_url, s.database_url)
+    except Exception as exc:
+        raise _database_error(exc) from None
+    for line in done:
+        click.echo(line)
 
 
 @db_group.command("current")

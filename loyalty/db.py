@@ -117,11 +117,16 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", app_url: str | None = None) -> str | None:
+    """Migrate as the owner; with `app_url`, grant its role what it needs, in the same
+    transaction. Returns the role granted, if any."""
+    from loyalty.roles import grant_app
+
     config = _alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        return grant_app(conn, app_url) if app_url else None
 
 
 def downgrade(engine: Engine, revision: str) -> None:

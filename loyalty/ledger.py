@@ -264,7 +264,7 @@ class Ledger:
             if points == 0:
                 return self._record(conn, record, "no_points")
             entry_id = self._earn(conn, account, rule, points, event.event_id,
-                                  "order.completed", event.order_id, f"Order {event.order_id}")
+                                  "order.completed", event, f"Order {event.order_id}")
             return self._record(conn, record, "earned", points, entry_id)
 
         return work
@@ -374,6 +374,7 @@ class Ledger:
         rules = self._active_rules(conn, "order.completed") if pairs else []
 
         running = {row["id"]: row["balance"] for row in locked.values()}
+        revisions = {row["id"]: row["revision"] for row in locked.values()}
         credits: dict[UUID, int] = {}
         changes: dict[UUID, int] = {}
         entries: list[dict[str, Any]] = []
@@ -405,11 +406,13 @@ class Ledger:
                     outcome, entry_id = "earned", _entry_id()
                     earned.add((account_id, event.order_id))
                     running[account_id] += points
+                    revisions[account_id] += 1
                     credits[account_id] = credits.get(account_id, 0) + points
                     changes[account_id] = changes.get(account_id, 0) + 1
-                    entries.append(_earn_entry(entry_id, account_id, running[account_id], rule,
-                                               points, event.event_id, "order.completed",
-                                               event.order_id, f"Order {event.order_id}"))
+                    entries.append(_earn_entry(entry_id, account_id, running[account_id],
+                                               revisions[account_id], rule, points,
+                                               event.event_id, "order.completed", event,
+                                               f"Order {event.order_id}"))
             records.append({"event_id": event.event_id, "event_type": "order.completed",
                             "fingerprint": fingerprint, "contact_id": event.contact_id,
                             "account_id": account_id, "order_id": event.order_id,
@@ -444,7 +447,8 @@ class Ledger:
         )
 
     def _earn(self, conn: Connection, account: Mapping[Any, Any], rule: EarnRule, points: int,
-              event_id: str, event_type: str, order_id: str | None, description: str) -> UUID:
+              event_id: str, event_type: str, order: OrderCompletedEvent | None,
+              description: str) -> UUID:
         # The account first: the ledger's statement trigger checks it against the entry.
         entry_id = _entry_id()
         conn.execute(
@@ -459,8 +463,8 @@ class Ledger:
             )
         )
         conn.execute(ledger_entries.insert().values(_earn_entry(
-            entry_id, account["id"], account["balance"] + points, rule, points, event_id,
-            event_type, order_id, description)))
+            entry_id, account["id"], account["balance"] + points, account["revision"] + 1, rule,
+            points, event_id, event_type, order, description)))
         return entry_id
 
     # -- manual adjustments ----------------------------------------------------
@@ -563,6 +567,7 @@ class Ledger:
                 amount=delta,
                 balance_after=balance_after,
                 balance_before=account["balance"],
+                account_revision=account["revision"] + 1,
                 description=request.description,
                 idempotency_key=f"adjust:{request.request_id}",
                 actor=request.actor,
@@ -951,7 +956,12 @@ class Ledger:
                     violations.append({"check": check, **{k: _plain(v) for k, v in row.items()}})
             counts = conn.execute(text(
                 "SELECT (SELECT count(*) FROM accounts) AS accounts,"
-                " (SELECT count(*) FROM ledger_entries) AS entries"
+                " (SELECT count(*) FROM ledger_entries) AS entries,"
+                # Order EARNs written before their totals were recorded (migration 0007)
+                # cannot be computed again; they are counted, not reported.
+                " (SELECT count(*) FROM ledger_entries WHERE type = 'EARN'"
+                "  AND event_type = 'order.completed' AND order_total IS NULL)"
+                " AS earns_not_recomputable"
             )).mappings().one()
             return {"ok": not violations, "checked": dict(counts), "violations": violations}
 
@@ -998,6 +1008,43 @@ _VERIFY_CHECKS = {
             SELECT account_id, count(*) AS entries FROM ledger_entries GROUP BY account_id
         ) n ON n.account_id = a.id
         WHERE a.revision <> 1 + COALESCE(n.entries, 0)""",
+    "revision_chain": """
+        SELECT account_id, id AS entry_id, seq, account_revision, expected FROM (
+            SELECT account_id, id, seq, account_revision,
+                   1 + row_number() OVER (PARTITION BY account_id ORDER BY seq) AS expected
+            FROM ledger_entries
+        ) chained WHERE account_revision <> expected""",
+    # Two independent orders of an account's entries, by seq and by revision, must agree;
+    # and every seq must be one the sequence issued.
+    "seq_order": """
+        SELECT account_id, id AS entry_id, seq, previous_seq FROM (
+            SELECT account_id, id, seq,
+                   lag(seq) OVER (PARTITION BY account_id ORDER BY account_revision) AS previous_seq
+            FROM ledger_entries
+        ) ordered WHERE seq <= previous_seq""",
+    "seq_issued": """
+        SELECT account_id, id AS entry_id, seq FROM ledger_entries
+        WHERE seq <= 0 OR seq > COALESCE(
+            pg_sequence_last_value('public.ledger_entries_seq_seq'::regclass), 0)""",
+    # Each EARN computed again from the rule revision it names and what it was computed
+    # from: a rewrite that keeps every balance consistent still shows here.
+    "earn_follows_rule": """
+        SELECT e.account_id, e.id AS entry_id, e.event_id, e.amount, x.expected
+        FROM ledger_entries e
+        JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
+        CROSS JOIN LATERAL (SELECT CASE
+            WHEN r.trigger <> e.event_type THEN NULL
+            WHEN r.kind = 'fixed' THEN r.points
+            WHEN e.order_total IS NULL THEN e.amount
+            WHEN r.currency IS NOT NULL AND r.currency <> e.currency THEN NULL
+            ELSE div(e.order_total * r.points, r.money_amount) END AS expected) x
+        WHERE e.type = 'EARN' AND e.amount IS DISTINCT FROM x.expected""",
+    "earn_has_rule_revision": """
+        SELECT e.account_id, e.id AS entry_id, e.rule_id, e.rule_revision FROM ledger_entries e
+        LEFT JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
+        WHERE e.type = 'EARN' AND r.rule_id IS NULL
+          AND e.rule_revision >= (SELECT min(h.revision) FROM earn_rule_revisions h
+                                  WHERE h.rule_id = e.rule_id)""",
     "order_earns_once": """
         SELECT account_id, order_id, count(*) AS earns FROM ledger_entries
         WHERE type = 'EARN' AND order_id IS NOT NULL
@@ -1050,22 +1097,25 @@ def _seen_outcome(row: Mapping[Any, Any], event_id: str, fingerprint: str) -> Ev
     )
 
 
-def _earn_entry(entry_id: UUID, account_id: UUID, balance_after: int, rule: EarnRule,
-                points: int, event_id: str, event_type: str, order_id: str | None,
-                description: str) -> dict[str, Any]:
+def _earn_entry(entry_id: UUID, account_id: UUID, balance_after: int, revision_after: int,
+                rule: EarnRule, points: int, event_id: str, event_type: str,
+                order: OrderCompletedEvent | None, description: str) -> dict[str, Any]:
     return {
         "id": entry_id,
         "account_id": account_id,
         "type": "EARN",
         "amount": points,
         "balance_after": balance_after,
+        "account_revision": revision_after,
         "description": description[:256],
         "idempotency_key": f"event:{event_id}",
         "event_type": event_type,
         "event_id": event_id,
-        "order_id": order_id,
+        "order_id": order.order_id if order else None,
         "rule_id": rule.id,
         "rule_revision": rule.revision,
+        "order_total": order.total if order else None,
+        "currency": order.currency if order else None,
     }
 
 
@@ -1105,7 +1155,7 @@ _EARNED_ORDERS = _set_based(
 # SQLAlchemy compiles nothing per batch (an IN list or a VALUES list of 500 rows costs
 # more Python time than PostgreSQL spends on the statement).
 _LOCK_ORDER_ACCOUNTS = _set_based(
-    "SELECT id, contact_id, balance FROM accounts"
+    "SELECT id, contact_id, balance, revision FROM accounts"
     " WHERE contact_id = ANY(CAST(:contacts AS text[])) ORDER BY id FOR UPDATE")
 _SEEN_EVENTS = _set_based(
     "SELECT event_id, fingerprint, outcome, points, account_id, ledger_entry_id"
@@ -1136,7 +1186,8 @@ _ENTRY_COLUMNS = {
     "id": "uuid", "account_id": "uuid", "type": "text", "amount": "bigint",
     "balance_after": "bigint", "description": "text", "idempotency_key": "text",
     "event_type": "text", "event_id": "text", "order_id": "text", "rule_id": "bigint",
-    "rule_revision": "bigint",
+    "rule_revision": "bigint", "account_revision": "bigint", "order_total": "numeric",
+    "currency": "text",
 }
 _PROCESSED_COLUMNS = {
     "event_id": "text", "event_type": "text", "fingerprint": "text", "contact_id": "text",

@@ -7,7 +7,7 @@ and, after floor(), cost a customer a point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal, localcontext
 from typing import Literal
 
 from loyalty.errors import RuleError
@@ -47,7 +47,11 @@ def compute_points(kind: str, points: int, money_amount: Decimal | None, total: 
         raise RuleError(f"rule kind {kind!r} cannot convert money")
     if total is None or not total.is_finite() or total < 0:
         raise RuleError("a conversion rule needs a non-negative finite order total")
-    return int((total * points / money_amount).to_integral_value(rounding=ROUND_FLOOR))
+    # Exact: integer division of exact products (all positive, so truncation is floor),
+    # as PostgreSQL's div() computes it when `loyalty verify` checks an EARN again.
+    with localcontext() as exact:
+        exact.prec = 80
+        return int((total * points) // money_amount)
 
 
 def validate_rule(

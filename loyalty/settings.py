@@ -21,8 +21,17 @@ PREFIX = "LOYALTY_"
 
 @dataclass(frozen=True)
 class Settings:
-    #: SQLAlchemy URL of the ledger database (psycopg 3 driver).
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/loyalty"
+    #: SQLAlchemy URL of the ledger database (psycopg 3 driver), as the application
+    #: role: what the worker and the command line connect as. It may read and append,
+    #: never alter the schema (see `loyalty db create-roles`).
+    database_url: str = "postgresql+psycopg://loyalty_app@127.0.0.1:5432/loyalty"
+    #: The same database as the role that owns the schema: used only by
+    #: `loyalty db upgrade` and `loyalty db downgrade`, which also grant the
+    #: application role (the user of LOYALTY_DATABASE_URL) what it needs.
+    owner_database_url: str = "postgresql+psycopg://loyalty_owner@127.0.0.1:5432/loyalty"
+    #: A superuser connection, used only by `loyalty db create-roles` to create the
+    #: two roles and the database.
+    bootstrap_database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     #: Celery broker: redis://... (default) or amqp://... for RabbitMQ.
     broker_url: str = "redis://127.0.0.1:6379/0"
     #: Where adjust_points results are stored for the caller to read.
@@ -138,7 +147,8 @@ class Settings:
     def secrets(self) -> list[str]:
         """Passwords embedded in the configured URLs, for log masking."""
         found = []
-        for url in (self.database_url, self.broker_url, self.result_backend):
+        for url in (self.database_url, self.owner_database_url, self.bootstrap_database_url,
+                    self.broker_url, self.result_backend):
             password = urlsplit(url).password
             if password:
                 found.append(password)

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -111,6 +113,7 @@ earn_rules = Table(
                     name="signup_is_fixed"),
     CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
     CheckConstraint("revision >= 1", name="revision_positive"),
+    UniqueConstraint("id", "trigger", name="uq_earn_rules_id_trigger"),
     # One active rule per trigger and currency, so the applied rule is never ambiguous.
     Index("uq_earn_rules_one_active", "trigger", text("coalesce(currency, '')"), unique=True,
           postgresql_where=text("status = 'ACTIVE'")),
@@ -133,13 +136,25 @@ ledger_entries = Table(
     Column("event_type", Text, nullable=True),
     Column("event_id", Text, nullable=True, unique=True),
     Column("order_id", Text, nullable=True),
-    Column("rule_id", BigInteger, ForeignKey("earn_rules.id"), nullable=True),
+    Column("rule_id", BigInteger, nullable=True),
     Column("rule_revision", BigInteger, nullable=True),
+    #: What an order EARN was computed from, so `verify` can compute it again.
+    Column("order_total", Numeric(18, 4), nullable=True),
+    Column("currency", Text, nullable=True),
     # ADJUST source
     Column("actor", Text, nullable=True),
     Column("balance_before", BigInteger, nullable=True),
+    #: The account's revision after this entry: revisions chain like balances.
+    Column("account_revision", BigInteger, nullable=False),
     _ts("created_at"),
+    # An EARN's event type is its rule's trigger.
+    ForeignKeyConstraint(["rule_id", "event_type"], ["earn_rules.id", "earn_rules.trigger"],
+                         name="fk_ledger_entries_rule_id_earn_rules"),
     CheckConstraint("type IN ('EARN', 'ADJUST', 'REDEEM', 'REFUND', 'EXPIRE')", name="type_known"),
+    CheckConstraint("event_type IS NULL OR event_type IN ('signup', 'order.completed')",
+                    name="event_type_known"),
+    CheckConstraint("seq > 0", name="seq_positive"),
+    CheckConstraint("account_revision >= 2", name="account_revision_after_first"),
     CheckConstraint(
         "(type IN ('EARN', 'REFUND') AND amount > 0) OR (type IN ('REDEEM', 'EXPIRE') AND amount < 0)"
         " OR type = 'ADJUST'",
@@ -169,6 +184,22 @@ ledger_entries = Table(
           postgresql_where=text("type = 'EARN' AND event_type = 'signup'")),
     Index("uq_ledger_entries_one_order", "account_id", "order_id", unique=True,
           postgresql_where=text("type = 'EARN' AND order_id IS NOT NULL")),
+)
+
+#: Every revision of every earn rule, written by a trigger (the application may only read
+#: it), so that each EARN can be recomputed from the terms it recorded.
+earn_rule_revisions = Table(
+    "earn_rule_revisions",
+    metadata,
+    Column("rule_id", BigInteger, ForeignKey("earn_rules.id"), primary_key=True),
+    Column("revision", BigInteger, primary_key=True),
+    Column("trigger", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("money_amount", Numeric(18, 4), nullable=True),
+    Column("currency", Text, nullable=True),
+    Column("status", Text, nullable=False),
+    _ts("recorded_at"),
 )
 
 #: Every event the worker has accepted, with a fingerprint of its payload, so a

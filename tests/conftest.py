@@ -30,6 +30,9 @@ REDIS_HOST = os.environ.get("LOYALTY_TEST_REDIS_HOST", "127.0.0.1")
 RABBITMQ_URL = os.environ.get("LOYALTY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 RUN_ID = uuid.uuid4().hex[:8]
 IN_CI = bool(os.environ.get("CI"))
+#: The two roles of a deployment (loyalty.roles), shared by every test run on the server.
+OWNER_ROLE = "loyalty_test_owner"
+APP_ROLE = "loyalty_test_app"
 
 
 def require(host: str, port: int, what: str) -> None:
@@ -50,8 +53,37 @@ def _admin() -> psycopg.Connection:
     )
 
 
-def database_url(name: str) -> str:
-    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+def database_url(name: str, role: str = APP_ROLE) -> str:
+    """The URL of a test database as `role`: the application role unless told otherwise."""
+    return make_url(ADMIN_URL).set(database=name, username=role, password=None) \
+        .render_as_string(hide_password=False)
+
+
+def superuser_url(url: str) -> str:
+    """The same database as the administrator the tests were given (a superuser)."""
+    admin = make_url(ADMIN_URL)
+    return make_url(url).set(username=admin.username, password=admin.password) \
+        .render_as_string(hide_password=False)
+
+
+def owner_url(url: str) -> str:
+    return make_url(url).set(username=OWNER_ROLE).render_as_string(hide_password=False)
+
+
+def _ensure_roles(conn: psycopg.Connection) -> None:
+    for role in (OWNER_ROLE, APP_ROLE):
+        try:
+            conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+        except psycopg.errors.DuplicateObject:
+            pass  # made by an earlier or a parallel run
+        except psycopg.errors.UniqueViolation:
+            pass  # a parallel run made it at the same moment
+
+
+def _lock_down(conn: psycopg.Connection, name: str) -> None:
+    """Database-level rights are not copied from a template: set them on every copy."""
+    conn.execute(f'REVOKE TEMPORARY ON DATABASE "{name}" FROM PUBLIC')
+    conn.execute(f'GRANT CONNECT ON DATABASE "{name}" TO {APP_ROLE}')
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +92,11 @@ def template_db() -> Iterator[str]:
     require(url.host or "127.0.0.1", url.port or 5432, "PostgreSQL")
     name = f"loyalty_test_{RUN_ID}_template"
     with _admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    engine = db.get_engine(database_url(name))
-    db.upgrade(engine)
+        _ensure_roles(conn)
+        conn.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE}')
+        _lock_down(conn, name)
+    engine = db.get_engine(database_url(name, OWNER_ROLE))
+    db.upgrade(engine, app_url=database_url(name))
     db.dispose_all()
     yield name
     db.dispose_all()
@@ -77,7 +111,8 @@ def template_db() -> Iterator[str]:
 def fresh_database(template: str) -> str:
     name = f"loyalty_test_{RUN_ID}_{uuid.uuid4().hex[:8]}"
     with _admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER {OWNER_ROLE}')
+        _lock_down(conn, name)
     return database_url(name)
 
 
@@ -100,11 +135,32 @@ def ledger(db_url: str) -> Ledger:
     return Ledger(db.get_engine(db_url))
 
 
+def connect(url_text: str) -> psycopg.Connection:
+    url = make_url(url_text)
+    return psycopg.connect(host=url.host, port=url.port, user=url.username,
+                           password=url.password, dbname=url.database, autocommit=True)
+
+
 @pytest.fixture
 def raw(db_url: str) -> Iterator[psycopg.Connection]:
-    """A plain psycopg connection, for SQL that bypasses the application entirely."""
-    url = make_url(db_url)
-    conn = psycopg.connect(host=url.host, port=url.port, user=url.username,
-                           dbname=url.database, autocommit=True)
+    """A plain psycopg connection as the application role, for SQL that bypasses the
+    application's code but not its database rights."""
+    conn = connect(db_url)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def raw_owner(db_url: str) -> Iterator[psycopg.Connection]:
+    """As the role that owns the schema: it may create temporary tables."""
+    conn = connect(owner_url(db_url))
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def raw_super(db_url: str) -> Iterator[psycopg.Connection]:
+    """As a superuser, which can switch triggers off."""
+    conn = connect(superuser_url(db_url))
     yield conn
     conn.close()

@@ -24,7 +24,9 @@ from tests.conftest import (
     RUN_ID,
     drop_database,
     fresh_database,
+    owner_url,
     require,
+    superuser_url,
 )
 
 BIN = Path(sys.executable).parent
@@ -73,6 +75,8 @@ class Env:
         self.vars = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
             "LOYALTY_DATABASE_URL": db_url,
+            "LOYALTY_OWNER_DATABASE_URL": owner_url(db_url),
+            "LOYALTY_BOOTSTRAP_DATABASE_URL": superuser_url(db_url),
             "LOYALTY_BROKER_URL": broker_url,
             "LOYALTY_RESULT_BACKEND": result_backend,
             "LOYALTY_LOG_FORMAT": "json",

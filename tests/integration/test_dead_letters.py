@@ -191,13 +191,13 @@ def test_a_replay_of_many_letters_treats_each_on_its_own(ledger: Ledger) -> None
 
 
 def test_a_chunk_refused_whole_is_replayed_letter_by_letter(ledger: Ledger,
-                                                           raw: Any) -> None:
+                                                           raw_owner: Any) -> None:
     """The database refuses the chunk (here: no letter may become `replayed`); each letter
     is then tried alone, fails alone, and stays pending with nothing applied."""
     ledger.apply_signup(signup("late"))
     first = letter(ledger, ORDER)
     second = letter(ledger, {**ORDER, "event_id": "evt-2", "order_id": "o-2"})
-    raw.execute("ALTER TABLE dead_letters ADD CONSTRAINT test_no_replays"
+    raw_owner.execute("ALTER TABLE dead_letters ADD CONSTRAINT test_no_replays"
                 " CHECK (status <> 'replayed')")
     report = replay(ledger, [first, second], actor="ops")
     assert report["summary"] == {"failed": 2}

@@ -7,7 +7,7 @@ from alembic.runtime.migration import MigrationContext
 
 from loyalty import db
 from loyalty.tables import metadata
-from tests.conftest import drop_database, fresh_database
+from tests.conftest import drop_database, fresh_database, owner_url
 
 
 def test_head_matches_tables(db_url: str) -> None:
@@ -19,10 +19,10 @@ def test_head_matches_tables(db_url: str) -> None:
 def test_downgrade_and_upgrade_round_trip(template_db: str) -> None:
     url = fresh_database(template_db)
     try:
-        engine = db.get_engine(url)
+        engine = db.get_engine(owner_url(url))
         db.downgrade(engine, "base")
         assert db.current_revision(engine) is None
-        db.upgrade(engine)
+        db.upgrade(engine, app_url=url)
         assert db.current_revision(engine) == db.head_revision()
         db.ensure_migrated(engine)
     finally:

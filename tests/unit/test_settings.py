@@ -9,7 +9,9 @@ from worker.logging import JsonFormatter, SecretMask
 
 def test_defaults() -> None:
     s = Settings.from_env({})
-    assert s.database_url == "postgresql+psycopg://postgres@127.0.0.1:5432/loyalty"
+    # The worker and the command line are the application role, never the owner.
+    assert s.database_url == "postgresql+psycopg://loyalty_app@127.0.0.1:5432/loyalty"
+    assert s.owner_database_url == "postgresql+psycopg://loyalty_owner@127.0.0.1:5432/loyalty"
     assert s.broker_url == "redis://127.0.0.1:6379/0"
     assert s.result_backend == "redis://127.0.0.1:6379/1"
 
