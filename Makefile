@@ -1,5 +1,5 @@
 # Two entry points, both safe to run on a fresh clone:
-#   make worker  - virtualenv, install, create + migrate the database, start the worker
+#   make worker  - virtualenv, install, create the roles and the database, migrate, start the worker
 #   make test    - virtualenv, install, lint, type-check, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 worker: setup
-	$(BIN)/loyalty db upgrade --create-database
+	$(BIN)/loyalty db create-roles
+	$(BIN)/loyalty db upgrade
 	$(BIN)/loyalty worker
 
 lint: setup

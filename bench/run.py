@@ -109,6 +109,10 @@ class Deployment:
             self.broker_url = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
                     "LOYALTY_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}",
+                    # One role for the bench's throwaway database: privileges cost nothing
+                    # per statement, and the seeding below writes as the same role.
+                    "LOYALTY_OWNER_DATABASE_URL":
+                        f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}",
                     "LOYALTY_BROKER_URL": self.broker_url,
                     "LOYALTY_RESULT_BACKEND": "redis://127.0.0.1:6379/14",
                     "LOYALTY_LOG_LEVEL": "WARNING"}

@@ -100,18 +100,19 @@ def create_roles(bootstrap_url: str, owner_url: str, app_url: str) -> list[str]:
 
 def _adopt(conn: Connection, owner: str) -> int:
     rows = conn.execute(text("""
+        WITH o AS (SELECT CAST(:owner AS text) AS owner)
         SELECT format('ALTER %s %s OWNER TO %I',
                       CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                                     ELSE 'TABLE' END, c.oid::regclass, :owner)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                     ELSE 'TABLE' END, c.oid::regclass, o.owner)
+        FROM o, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'S')
-          AND pg_get_userbyid(c.relowner) <> :owner
+          AND pg_get_userbyid(c.relowner) <> o.owner
           AND NOT (c.relkind = 'S' AND EXISTS (
               SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
         UNION ALL
-        SELECT format('ALTER FUNCTION %s OWNER TO %I', p.oid::regprocedure, :owner)
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) <> :owner
+        SELECT format('ALTER FUNCTION %s OWNER TO %I', p.oid::regprocedure, o.owner)
+        FROM o, pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) <> o.owner
     """), {"owner": owner}).scalars().all()
     for statement in rows:
         conn.execute(text(statement))

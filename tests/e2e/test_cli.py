@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from loyalty import db
-from tests.conftest import drop_database, fresh_database
+from tests.conftest import drop_database, fresh_database, owner_url, superuser_url
 from tests.e2e.conftest import Env
 
 pytestmark = pytest.mark.e2e
@@ -116,15 +116,25 @@ def test_celery_command_also_refuses_an_unmigrated_database(env: Env) -> None:
     assert "run `loyalty db upgrade` first" in done.stderr
 
 
-def test_db_upgrade_creates_and_migrates(env: Env, template_db: str) -> None:
+def test_db_create_roles_then_upgrade_as_a_new_user_would(env: Env, template_db: str) -> None:
+    """`make worker`'s steps on a database that does not exist: the superuser creates the
+    roles and the database, the owner migrates and grants, the application role works."""
     target = env.db_url + "_new"
     env.vars["LOYALTY_DATABASE_URL"] = target
+    env.vars["LOYALTY_OWNER_DATABASE_URL"] = owner_url(target)
+    env.vars["LOYALTY_BOOTSTRAP_DATABASE_URL"] = superuser_url(env.db_url.rsplit("/", 1)[0]
+                                                               + "/postgres")
     try:
+        done = env.cli("db", "create-roles")
+        assert f"created database {target.rsplit('/', 1)[1]}" in done.stdout
+        assert "role loyalty_test_app" in done.stdout
         done = env.cli("db", "upgrade", "--create-database")
-        assert "created database" in done.stdout
+        assert "created database" not in done.stdout
         assert f"at revision {db.head_revision()}" in done.stdout
-        again = env.cli("db", "upgrade", "--create-database")
+        assert "granted the application role loyalty_test_app" in done.stdout
+        again = env.cli("db", "create-roles")  # safe to run again
         assert "created" not in again.stdout
         assert env.cli_json("rules", "list")["items"]
+        assert env.cli_json("verify")["ok"] is True
     finally:
         drop_database(target)
