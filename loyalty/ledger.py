@@ -38,6 +38,7 @@ from sqlalchemy.exc import (
 
 from loyalty import views
 from loyalty.adjustments import decide_adjustment
+from loyalty.replay import KEPT_UNREAD
 from loyalty.errors import (
     AccountNotFound,
     ContactConflict,
@@ -775,6 +776,9 @@ class Ledger:
         """The pending letters a replay would take, oldest first; all of them without a limit."""
         query = (select(dead_letters.c.id).where(dead_letters.c.status == "pending")
                  .order_by(dead_letters.c.id).limit(limit))
+        if ids is None:
+            # By reason, time or all: never the letters the worker refused to read.
+            query = query.where(dead_letters.c.reason.not_in(sorted(KEPT_UNREAD)))
         if ids is not None:
             query = query.where(dead_letters.c.id.in_(ids))
         if reason is not None:
@@ -835,6 +839,11 @@ class Ledger:
                 if letter["status"] != "pending":
                     reports[letter_id].update(result="skipped",
                                               reason=f"letter is {letter['status']}")
+                    continue
+                if letter["reason"] in KEPT_UNREAD:
+                    reports[letter_id].update(
+                        result="skipped", reason=f"letters kept as {letter['reason']} are "
+                        "never replayed; discard them")
                     continue
                 try:
                     message = decode(letter)
@@ -1169,7 +1178,7 @@ _CREDIT_ACCOUNTS = _set_based(
     " AS d(id, points, entries) WHERE a.id = d.id")
 
 _LOCK_LETTERS = _set_based(
-    "SELECT id, task_name, payload, headers, status FROM dead_letters"
+    "SELECT id, task_name, payload, headers, status, reason FROM dead_letters"
     " WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE")
 _LETTERS_REPLAYED = _set_based(
     "UPDATE dead_letters d SET status = 'replayed', replayed_at = now(),"

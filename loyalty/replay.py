@@ -21,11 +21,20 @@ from loyalty.errors import (
 from schemas.events import TASKS, Contract, PayloadError, parse_task_args
 
 JSON_TYPES = ("application/json", None, "")
+#: Letters kept without being read, because the message was unreadable, unsigned or
+#: forged, malformed, of an unknown task, from the wrong queue or too large. Replaying
+#: one would run what the worker refused to run: they can only be discarded.
+KEPT_UNREAD = frozenset({"content_disallowed", "undecodable_body", "signature_invalid",
+                         "malformed_message", "unknown_task", "wrong_queue",
+                         "message_too_large"})
 REPLAYABLE = ("loyalty.events.signup", "loyalty.events.order_completed",
               "loyalty.accounts.adjust_points")
 
 
 def decode_letter(letter: Mapping[str, Any]) -> Contract:
+    if letter.get("reason") in KEPT_UNREAD:
+        raise NotReplayable(f"letters kept as {letter['reason']} are never replayed; "
+                            "discard them")
     task_name = letter["task_name"]
     if task_name not in REPLAYABLE:
         raise NotReplayable(f"no task named {task_name!r} can take this letter")

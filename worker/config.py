@@ -20,8 +20,11 @@ def _queue(name: str) -> Queue:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    redis = settings.broker_url.split("://", 1)[0] in ("redis", "rediss")
     return {
         "broker_url": settings.broker_url,
+        # On Redis, a transport that records which queue each message came from.
+        **({"broker_transport": "worker.transport:Transport"} if redis else {}),
         "result_backend": settings.result_backend,
         # Only JSON crosses the broker: pickle or yaml bodies are refused unread.
         "accept_content": ["json"],

@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import logging
 import time
+from fnmatch import fnmatchcase
 from typing import Any
 
 from celery.worker.consumer import Consumer
 
 from loyalty.errors import TransientError
 from worker import raw_letters
+from worker.transport import QUEUE_KEY
 
 log = logging.getLogger("loyalty.consumer")
 
 
-def _keep(message: Any, reason: str, exc: BaseException | None, task_name: str | None = None) -> None:
-    detail = f"{type(exc).__name__}: {exc}" if exc is not None else reason
+def queue_for(task: str, routes: Any) -> str | None:
+    """The one queue a task may run from, by the app's routes (`worker.config`)."""
+    for pattern, route in (routes or {}).items():
+        if fnmatchcase(task, pattern):
+            return str(route["queue"])
+    return None
+
+
+def _keep(message: Any, reason: str, exc: BaseException | None, task_name: str | None = None,
+          detail: str | None = None) -> None:
+    detail = detail or (f"{type(exc).__name__}: {exc}" if exc is not None else reason)
     try:
         raw_letters.store(message, reason, detail, task_name)
     except TransientError as err:
@@ -81,10 +92,55 @@ class DeadLetteringConsumer(Consumer):
             connection.close = tolerant_close
         super().on_connection_error_after_connected(exc)
 
+    def _arrived_on(self, message: Any) -> str | None:
+        """The queue a message was delivered from, as the broker (not the message) says."""
+        info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+        stamped = info.get(QUEUE_KEY)  # Redis, by worker.transport
+        if stamped is not None:
+            return str(stamped)
+        tag = info.get("consumer_tag")  # AMQP: set by the broker for each delivery
+        consumer = getattr(self, "task_consumer", None)
+        tags = getattr(consumer, "_active_tags", None) or {}
+        for queue, active in tags.items():
+            if tag is not None and active == tag:
+                return str(queue)
+        return None
+
+    def _wrong_queue(self, message: Any) -> str | None:
+        """Why a message must not run from where it arrived, or None if it may.
+
+        Admin tasks run only from `loyalty.admin` and events only from `loyalty.events`,
+        whatever the message says of itself: anyone who may publish shop events must not
+        be able to adjust points. A message whose task is unknown is left to Celery's
+        unknown-task handling.
+        """
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task = headers.get("task")
+        if not isinstance(task, str):
+            return None
+        expected = queue_for(task, self.app.conf.task_routes)
+        if expected is None:
+            return None
+        arrived = self._arrived_on(message)
+        if arrived != expected:
+            return (f"task {task} runs only from queue {expected}; it arrived on "
+                    f"{arrived or 'a queue the broker did not name'}")
+        info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+        claimed = info.get("routing_key")
+        if QUEUE_KEY in info and claimed not in (None, arrived):
+            # On Redis, a restore after a restart re-queues a message by the routing key
+            # it claims: one claiming another queue could move itself there.
+            return (f"message on queue {arrived} claims routing key {claimed!r}; "
+                    "it would be restored to another queue")
+        return None
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handler = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
+            wrong = self._wrong_queue(message)
+            if wrong is not None:
+                return _keep(message, "wrong_queue", None, detail=wrong)
             # Headers that Celery trips over (a missing id, a bad eta) raise out of
             # its strategy and would kill the consumer; keep the message instead.
             try:

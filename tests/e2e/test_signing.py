@@ -71,3 +71,14 @@ def test_signed_messages_only(deploy, tmp_path: Path) -> None:
     assert letters[unsigned] == "content_disallowed"
     assert letters[forged] == "signature_invalid"
     assert set(balances(env)) == {"signed-1"}
+    # Finding 3 of issue 7: an unsigned staff action, kept as content_disallowed, must not
+    # be applied by a replay, whatever the selection.
+    grant = shop(env).send_task("loyalty.accounts.adjust_points", args=[{
+        "request_id": "unsigned-grant", "contact_id": "signed-1", "balance": 999_999_999,
+        "description": "free points", "actor": "nobody"}], queue="loyalty.admin").id
+    wait_for(lambda: grant in letters_by_message(env), 30, "the unsigned adjustment's letter")
+    assert letters_by_message(env)[grant] == "content_disallowed"
+    for selection in (["--reason", "content_disallowed"], ["--all"], ["--since", "1h"]):
+        report = env.cli_json("dlq", "replay", *selection)
+        assert report["items"] == [], selection
+    assert balances(env) == {"signed-1": 105}
