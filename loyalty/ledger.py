@@ -38,7 +38,6 @@ from sqlalchemy.exc import (
 
 from loyalty import views
 from loyalty.adjustments import decide_adjustment
-from loyalty.replay import KEPT_UNREAD
 from loyalty.errors import (
     AccountNotFound,
     ContactConflict,
@@ -53,6 +52,7 @@ from loyalty.errors import (
     RuleNotFound,
     TransientError,
 )
+from loyalty.replay import KEPT_UNREAD
 from loyalty.rules import EarnRule, select_rule, validate_rule
 from loyalty.tables import (
     accounts,
