@@ -37,7 +37,28 @@ DECIMAL = re.compile(r"^(0|[1-9]\d{0,13})(\.\d{1,4})?$")
 
 #: No NUL characters anywhere: PostgreSQL text cannot store them.
 NO_NUL = r"^[^\x00]*$"
-Id = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
+#: Ids are compared byte for byte, so nothing a person cannot see may be in one: no
+#: control characters (tab, newline, NUL, C1) and no invisible format characters (soft
+#: hyphen, zero-width spaces and joiners, bidi controls, line separators, BOM). Otherwise
+#: 'order-1' and 'order-1\u200b' would be two orders that earn twice.
+VISIBLE_ID = (r"^[^\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+              r"\u2060-\u206f\ufeff\ufff9-\ufffb]+$")
+_VISIBLE = re.compile(VISIBLE_ID)
+
+
+def _visible_id(value: str) -> str:
+    if not _VISIBLE.fullmatch(value):
+        bad = next(c for c in value if not _VISIBLE.fullmatch(c))
+        raise ValueError(f"must not contain control or invisible characters (found U+{ord(bad):04X})")
+    return value
+
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=256),
+    AfterValidator(_visible_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 256, "pattern": VISIBLE_ID}),
+]
 
 
 def _parse_timestamp(value: object) -> datetime:

@@ -102,3 +102,19 @@ json_values = st.recursive(
 def test_hostile_payloads_only_raise_validation_errors(payload: dict[str, Any]) -> None:
     with contextlib.suppress(ValidationError):
         OrderCompletedEvent.model_validate(payload)
+
+
+@pytest.mark.parametrize("invisible", ["\t", "\n", "\x7f", "\x85", "\u00ad", "\u200b", "\u200d",
+                                       "\u202e", "\u2066", "\u2028", "\ufeff"])
+@pytest.mark.parametrize("field", ["event_id", "contact_id", "order_id"])
+def test_ids_refuse_control_and_invisible_characters(field: str, invisible: str) -> None:
+    """Issue 7: 'order-1' and 'order-1\\u200b' must not be two orders."""
+    with pytest.raises(ValidationError) as info:
+        OrderCompletedEvent.model_validate({**ORDER, field: f"order-1{invisible}"})
+    assert f"found U+{ord(invisible):04X}" in str(info.value)
+    assert info.value.errors()[0]["loc"] == (field,)
+
+
+@pytest.mark.parametrize("visible", ["order-1", "commande-é", "注文-1", "a b", "x" * 256])
+def test_ids_take_any_visible_text(visible: str) -> None:
+    assert OrderCompletedEvent.model_validate({**ORDER, "order_id": visible}).order_id == visible
