@@ -538,13 +538,25 @@ def dlq_list(ctx: Context, reason: str | None, status: str | None, since: str | 
     emit(result, as_json, lambda r: _table(r["items"], LETTER_COLUMNS, r["next_cursor"]))
 
 
+#: Characters of a payload `dlq show` prints unless given --full.
+SHOWN_PAYLOAD = 4096
+
+
 @dlq_group.command("show")
 @click.argument("letter_id", type=int)
+@click.option("--full", is_flag=True, help=f"The whole payload, not its first {SHOWN_PAYLOAD} "
+                                            "characters.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
-def dlq_show(ctx: Context, letter_id: int, as_json: bool) -> None:
+def dlq_show(ctx: Context, letter_id: int, full: bool, as_json: bool) -> None:
     """Show one dead letter, raw payload and headers included."""
-    emit(ctx.ledger().dead_letter(letter_id), as_json)
+    letter = ctx.ledger().dead_letter(letter_id)
+    payload = letter.get("payload") or ""
+    if not full and len(payload) > SHOWN_PAYLOAD:
+        letter = {**letter, "payload": payload[:SHOWN_PAYLOAD],
+                  "payload_truncated": {"shown_chars": SHOWN_PAYLOAD, "total_chars": len(payload),
+                                        "hint": "--full shows all of it"}}
+    emit(letter, as_json)
 
 
 @dlq_group.command("stats")

@@ -64,6 +64,14 @@ class Settings:
     result_expires: int = 86400
     #: Connections per worker process.
     db_pool_size: int = 5
+    #: Largest message body the worker reads, in bytes. A larger one is kept as a
+    #: `message_too_large` dead letter (its size, SHA-256 and first 64 KiB), never decoded.
+    max_message_bytes: int = 262_144
+    #: Bytes of messages the worker's main process may hold at once (prefetched and
+    #: buffered): the prefetch is lowered so that it cannot pass this, counting every
+    #: message not yet received as the largest allowed. The default leaves room for
+    #: the 2,048 messages that two batches of single events on two processes need.
+    max_prefetch_bytes: int = 536_870_912
     log_level: str = "INFO"
     #: "json" for one JSON object per line, "text" for humans.
     log_format: Literal["json", "text"] = "json"
@@ -121,6 +129,11 @@ class Settings:
             raise SettingsError("LOYALTY_BATCH_SIZE must be between 1 and 5000")
         if not 1 <= self.batch_wait_ms <= 10_000:
             raise SettingsError("LOYALTY_BATCH_WAIT_MS must be between 1 and 10000")
+        if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise SettingsError("LOYALTY_MAX_MESSAGE_BYTES must be between 1024 and 67108864")
+        if self.max_prefetch_bytes < self.max_message_bytes:
+            raise SettingsError("LOYALTY_MAX_PREFETCH_BYTES must be at least "
+                                "LOYALTY_MAX_MESSAGE_BYTES")
         if self.poison_deliveries < 1:
             raise SettingsError("LOYALTY_POISON_DELIVERIES must be at least 1")
         if not 0 < self.not_found_backoff <= self.retry_backoff_max:

@@ -224,6 +224,20 @@ def _app() -> Celery:
 # -- the main process: take messages, buffer them, hand batches to the pool -----
 
 
+def prefetch(*, most_events: int, held_events: int, held_messages: int, per_message: float,
+             held_bytes: int, max_bytes: int, max_message_bytes: int) -> int:
+    """Messages the broker may have delivered to this process at once.
+
+    What is held, plus the room left in events divided by the recent events per
+    message, and never more than the room left in bytes allows if every message not
+    received yet were as large as a message may be (LOYALTY_MAX_PREFETCH_BYTES).
+    """
+    room = max(0, most_events - held_events)
+    want = min(most_events, max(1, held_messages + int(room / per_message)))
+    room_bytes = max(0, max_bytes - held_bytes)
+    return min(want, max(1, held_messages + room_bytes // max_message_bytes))
+
+
 class Batcher:
     """One per consumer: buffers fresh event messages of all event tasks together."""
 
@@ -244,6 +258,9 @@ class Batcher:
         #: message lately (a max that decays): what `_credit` sizes the prefetch by.
         self.held_events = 0
         self.held_messages = 0
+        self.held_bytes = 0
+        self.max_message_bytes = s.max_message_bytes
+        self.max_prefetch_bytes = s.max_prefetch_bytes
         self.per_message = 1.0
         self.most_events = max(s.prefetch_multiplier, 2 * s.batch_size)
         #: Every message taken on the current channel and not settled yet, in delivery
@@ -297,6 +314,7 @@ class Batcher:
         self.events += events
         self.held_events += events
         self.held_messages += 1
+        self.held_bytes += item.get("size", 0)
         self.per_message = max(float(events), self.per_message * 0.99)
         self._credit()
         if self.events >= self.size:
@@ -315,8 +333,10 @@ class Batcher:
         if qos is None:
             return
         most = self.most_events * max(getattr(self.consumer.pool, "num_processes", 1), 1)
-        room = max(0, most - self.held_events)
-        want = min(most, max(1, self.held_messages + int(room / self.per_message)))
+        want = prefetch(most_events=most, held_events=self.held_events,
+                        held_messages=self.held_messages, per_message=self.per_message,
+                        held_bytes=self.held_bytes, max_bytes=self.max_prefetch_bytes,
+                        max_message_bytes=self.max_message_bytes)
         if qos.value != want:
             qos.value = want  # Celery's loop sends it to the broker (basic.qos)
 
@@ -402,6 +422,7 @@ class Batcher:
                         del self.open[tag]
                 self.held_events -= events
                 self.held_messages -= len(messages)
+                self.held_bytes -= sum(item.get("size", 0) for item in items)
                 self._credit()
 
         def done(verdicts: list[str]) -> None:
@@ -520,6 +541,6 @@ def _batchable(name: str, message: Any) -> dict[str, Any] | None:
     if any(embed.get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
         return None
     return {"task": name, "id": headers["id"], "args": body[0], "kwargs": body[1],
-            "retries": 0,
+            "retries": 0, "size": len(message.body or b""),
             "delivery_info": {"exchange": delivery_info.get("exchange"),
                               "routing_key": delivery_info.get("routing_key")}}

@@ -30,11 +30,18 @@ def queue_for(task: str, routes: Any) -> str | None:
     return None
 
 
+def _body_size(message: Any) -> int:
+    body = getattr(message, "body", None)
+    if isinstance(body, str):
+        return len(body.encode())
+    return len(body) if isinstance(body, bytes | bytearray | memoryview) else 0
+
+
 def _keep(message: Any, reason: str, exc: BaseException | None, task_name: str | None = None,
-          detail: str | None = None) -> None:
+          detail: str | None = None, truncate: bool = False) -> None:
     detail = detail or (f"{type(exc).__name__}: {exc}" if exc is not None else reason)
     try:
-        raw_letters.store(message, reason, detail, task_name)
+        raw_letters.store(message, reason, detail, task_name, truncate=truncate)
     except TransientError as err:
         # The store is down: put the message back rather than lose it, and slow the loop.
         log.error("cannot dead-letter yet, requeueing", extra={"reason": reason, "error": str(err)})
@@ -137,7 +144,14 @@ class DeadLetteringConsumer(Consumer):
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handler = super().create_task_handler(*args, **kwargs)
 
+        limit = self.app.conf.loyalty_settings.max_message_bytes
+
         def on_task_received(message: Any) -> Any:
+            size = _body_size(message)
+            if size > limit:
+                return _keep(message, "message_too_large", None, truncate=True,
+                             detail=f"the body is {size} bytes; at most {limit} are read "
+                                    "(LOYALTY_MAX_MESSAGE_BYTES)")
             wrong = self._wrong_queue(message)
             if wrong is not None:
                 return _keep(message, "wrong_queue", None, detail=wrong)

@@ -7,6 +7,7 @@ kept as base64 text, so no pickle loader ever sees it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from typing import Any
 
@@ -47,11 +48,26 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def store(message: Any, reason: str, detail: str, task_name: str | None = None) -> int:
-    """Write one raw message to the dead-letter table; raises TransientError if it cannot."""
+#: What is kept of a body too large to read.
+KEPT_OF_LARGE_BODY = 64 * 1024
+
+
+def store(message: Any, reason: str, detail: str, task_name: str | None = None,
+          truncate: bool = False) -> int:
+    """Write one raw message to the dead-letter table; raises TransientError if it cannot.
+
+    With `truncate`, only the body's first 64 KiB are kept, with its size and SHA-256.
+    """
     headers = getattr(message, "headers", None)
     headers = headers if isinstance(headers, dict) else {"unparsed": repr(headers)}
-    payload, encoding = raw_body(getattr(message, "body", None))
+    body = getattr(message, "body", None)
+    whole: dict[str, Any] = {}
+    if truncate and isinstance(body, bytes | bytearray | memoryview | str):
+        data = body.encode() if isinstance(body, str) else bytes(body)
+        whole = {"body_bytes": len(data), "body_sha256": hashlib.sha256(data).hexdigest(),
+                 "body_kept_bytes": min(len(data), KEPT_OF_LARGE_BODY)}
+        body = data[:KEPT_OF_LARGE_BODY]
+    payload, encoding = raw_body(body)
     envelope = {
         "content_type": getattr(message, "content_type", None),
         "content_encoding": getattr(message, "content_encoding", None),
@@ -61,6 +77,7 @@ def store(message: Any, reason: str, detail: str, task_name: str | None = None) 
     }
     if encoding:
         envelope["body_encoding"] = encoding
+    envelope.update(whole)
     name = task_name if task_name is not None else headers.get("task")
     message_id = headers.get("id") or (envelope["properties"].get("correlation_id"))
     task = str(name) if name is not None else None

@@ -7,6 +7,7 @@ broker URL, publishing a staff task to the events queue.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -111,3 +112,32 @@ def test_raw_admin_message_on_the_events_queue_is_kept(broker_env: Env,
                                               "task": "loyalty.accounts.adjust_points"})
     wait_for(lambda: message_id in letters_by_message(env), 30, "the dead letter")
     assert _letter(env, message_id)["reason"] == "wrong_queue"
+
+
+def test_oversized_message_is_kept_in_part_and_never_decoded(broker_env: Env,
+                                                             running_worker: Worker) -> None:
+    """Finding 9: a 1 MB body is not read. The letter keeps its size, its SHA-256 and its
+    first 64 KiB; `dlq show` prints a part of that unless given --full."""
+    env = broker_env
+    message_id = f"big-{uuid.uuid4().hex[:6]}"
+    body = json.dumps([[{"event_id": message_id, "contact_id": "big", "occurred_at": TS,
+                         "name": "x" * 1_000_000}], {}, {}])
+    send_raw(env, body, "application/json", {"lang": "py", "id": message_id,
+                                              "task": "loyalty.events.signup"})
+    wait_for(lambda: message_id in letters_by_message(env), 30, "the dead letter")
+    letter = _letter(env, message_id)
+    assert letter["reason"] == "message_too_large"
+    assert f"the body is {len(body)} bytes; at most 262144" in letter["error_detail"]
+    letter_id = _id(env, message_id)
+    shown = env.cli_json("dlq", "show", str(letter_id))
+    assert len(shown["payload"]) == 4096
+    assert shown["payload_truncated"]["total_chars"] == 64 * 1024
+    headers = shown["headers"]
+    assert headers["body_bytes"] == len(body)
+    assert headers["body_sha256"] == hashlib.sha256(body.encode()).hexdigest()
+    full = json.loads(env.cli("dlq", "show", str(letter_id), "--full", "--json").stdout)
+    assert full["payload"] == body[:64 * 1024]
+    assert "payload_truncated" not in full
+    assert "big" not in balances(env)
+    # Never replayed: it was never read.
+    assert letter_id not in {i["id"] for i in env.cli_json("dlq", "replay", "--all")["items"]}

@@ -52,3 +52,21 @@ def test_json_is_refused_where_the_worker_accepts_only_signed_messages() -> None
     body = dumps([[{"event_id": "plain"}], {}, {}]).encode()
     with pytest.raises(ContentDisallowed):
         _decode(message(body, accept=("application/data",)))
+
+
+def test_prefetch_counts_events_and_bounds_bytes() -> None:
+    from worker.batching import prefetch
+
+    base = {"most_events": 2000, "held_events": 0, "held_messages": 0, "per_message": 1.0,
+            "held_bytes": 0, "max_bytes": 256 * 2**20, "max_message_bytes": 256 * 2**10}
+    # Single events: two batches per process, well inside the byte bound (1,024 messages).
+    assert prefetch(**{**base, "max_bytes": 2**40}) == 2000
+    assert prefetch(**base) == 1024
+    # Bulk messages of 1,000 events: two messages.
+    assert prefetch(**{**base, "per_message": 1000.0}) == 2
+    # 200 MiB already held: room for 224 more of the largest messages, beside those held.
+    assert prefetch(**{**base, "held_messages": 10, "held_events": 10,
+                       "held_bytes": 200 * 2**20}) == 10 + 224
+    # Over the bound already: nothing more than is held (and never below one).
+    assert prefetch(**{**base, "held_messages": 5, "held_bytes": 300 * 2**20}) == 5
+    assert prefetch(**{**base, "held_bytes": 300 * 2**20}) == 1
