@@ -86,9 +86,12 @@ def test_unreadable_messages_are_kept_raw_and_never_deserialized(deploy, broker:
     assert pickled["headers"]["body_encoding"] == "base64"
     assert base64.b64decode(pickled["payload"]) == evil
     assert pickled["headers"]["content_type"] == "application/x-python-serialize"
-    # Replaying them never unpickles either; they stay pending.
-    done = env.cli("dlq", "replay", "--all", "--json", check=False)
-    assert done.returncode == 1
+    # Replay never takes them (they were never read), and never unpickles; they stay pending.
+    assert env.cli_json("dlq", "replay", "--all")["items"] == []
+    by_id = env.cli_json("dlq", "replay", "--id", str(pickled["id"]))["items"]
+    assert [(i["result"], i["reason"]) for i in by_id] == [
+        ("skipped", "letters kept as content_disallowed are never replayed; discard them")]
+    assert env.cli_json("dlq", "show", str(pickled["id"]))["status"] == "pending"
     assert not proof.exists()
     assert worker.alive()
     env.cli("publish", "signup", "--contact-id", "after-the-storm")
