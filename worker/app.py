@@ -36,6 +36,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         enable_signing(app, key=settings.security_key,
                        certificate=settings.security_certificate,
                        cert_store=settings.security_cert_store)
+        # Control messages (consumed only with LOYALTY_REMOTE_CONTROL) must be signed
+        # whatever the task queues accept: the mailbox takes its own accept list.
+        app.control.mailbox.accept = ["auth"]
     return app
 
 

@@ -65,6 +65,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "loyalty.deadletters.*": {"queue": ADMIN_QUEUE},
         },
         "worker_send_task_events": False,
+        # No pidbox consumer unless the operator asks for it (then signing is enforced
+        # by Settings.validate, and worker.app makes the mailbox accept only `auth`).
+        "worker_enable_remote_control": settings.remote_control,
         # Unreadable messages go to the dead-letter table instead of being deleted.
         "worker_consumer": "worker.consumer:DeadLetteringConsumer",
         "worker_hijack_root_logger": True,
