@@ -69,6 +69,10 @@ class Settings:
     #: publish on the broker could send one. Only allowed with message signing, so
     #: that only signed control messages are accepted.
     remote_control: bool = False
+    #: With message signing configured: accept plain JSON events from shops on
+    #: `loyalty.events`, and only signed messages for everything else (admin tasks,
+    #: anything on `loyalty.admin`). Off: with signing, every message must be signed.
+    require_signed_admin: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +137,10 @@ class Settings:
             raise SettingsError("LOYALTY_REMOTE_CONTROL needs message signing: set "
                                 "LOYALTY_SECURITY_KEY, LOYALTY_SECURITY_CERTIFICATE and "
                                 "LOYALTY_SECURITY_CERT_STORE, or turn remote control off")
+        if self.require_signed_admin and not self.signing:
+            raise SettingsError("LOYALTY_REQUIRE_SIGNED_ADMIN needs message signing: set "
+                                "LOYALTY_SECURITY_KEY, LOYALTY_SECURITY_CERTIFICATE and "
+                                "LOYALTY_SECURITY_CERT_STORE")
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
             raise SettingsError(f"LOYALTY_BROKER_URL scheme {scheme!r} is not supported")

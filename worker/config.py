@@ -12,11 +12,40 @@ EVENTS_QUEUE = "loyalty.events"
 ADMIN_QUEUE = "loyalty.admin"
 
 
+#: Key the worker adds to each consumed message's delivery_info: the queue it was
+#: actually taken from. The message's own exchange and routing key do not tell: on
+#: Redis they come from the producer's payload.
+ARRIVED_ON = "loyalty_arrived_on"
+
+
+class ConsumedQueue(Queue):
+    """A queue that tags every message it delivers with its own name (ARRIVED_ON).
+
+    kombu calls `consume` once per queue with the consumer's callback; the callback
+    wrapped here runs for this queue's messages only (per consumer tag on AMQP, per
+    list on Redis), so the tag is the broker's word, not the producer's.
+    """
+
+    def consume(self, consumer_tag: str = "", callback: Any = None, no_ack: Any = None,
+                nowait: bool = False, on_cancel: Any = None) -> Any:
+        if callback is not None:
+            name, deliver = self.name, callback
+
+            def callback(message: Any) -> Any:
+                info = getattr(message, "delivery_info", None)
+                if isinstance(info, dict):
+                    info[ARRIVED_ON] = name
+                return deliver(message)
+
+        return super().consume(consumer_tag, callback, no_ack=no_ack, nowait=nowait,
+                               on_cancel=on_cancel)
+
+
 def _queue(name: str) -> Queue:
     """Exactly what a bare Celery client declares for `send_task(..., queue=name)`:
     a direct exchange and a routing key both named after the queue. Without them
     Celery would bind every queue with the default queue's key."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+    return ConsumedQueue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -13,9 +13,11 @@ import time
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
 
 from loyalty.errors import TransientError
 from worker import raw_letters
+from worker.config import ARRIVED_ON, EVENTS_QUEUE
 
 log = logging.getLogger("loyalty.consumer")
 
@@ -43,6 +45,30 @@ def _content_reason(exc: BaseException) -> str:
     if name == "DecodeError":
         return "undecodable_body"
     return "malformed_message"
+
+
+#: Content type of Celery's `auth` serializer (a signed message).
+SIGNED = "application/data"
+
+
+def _unsigned_beyond_events(message: Any) -> bool:
+    """With LOYALTY_REQUIRE_SIGNED_ADMIN: an unsigned message that is not a shop event.
+
+    Plain JSON passes only if it was taken from `loyalty.events` (the queue the worker
+    took it from, not what its headers claim) and names an event task; anything else
+    unsigned (an admin task on either queue, any task on `loyalty.admin`, a message
+    without a task header) is refused before it is decoded. A signed one goes on to
+    kombu's auth serializer, which checks the signature.
+    """
+    from worker.app import settings
+
+    if not settings().require_signed_admin or message.content_type == SIGNED:
+        return False
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task = headers.get("task")
+    return not (info.get(ARRIVED_ON) == EVENTS_QUEUE and isinstance(task, str)
+                and task.startswith("loyalty.events."))
 
 
 class DeadLetteringConsumer(Consumer):
@@ -85,6 +111,10 @@ class DeadLetteringConsumer(Consumer):
         handler = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
+            if _unsigned_beyond_events(message):
+                return _keep(message, "content_disallowed", ContentDisallowed(
+                    "unsigned, and not an event task taken from loyalty.events "
+                    "(LOYALTY_REQUIRE_SIGNED_ADMIN)"))
             # Headers that Celery trips over (a missing id, a bad eta) raise out of
             # its strategy and would kill the consumer; keep the message instead.
             try:
