@@ -1,7 +1,8 @@
 """Broker users, shown working: a shop's user publishes events and nothing else.
 
-The users are made on the test's own virtual host with the permissions docker-compose
-ships (docker/rabbitmq/permissions), under names of this run, and deleted afterwards.
+The users are made with the rules docker-compose ships (docker/rabbitmq/permissions on the
+test's own virtual host, docker/redis/users.acl-rules as Redis ACL users), under names of
+this run, and deleted afterwards.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from amqp.exceptions import AccessRefused
 from celery import Celery
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
-from tests.conftest import RUN_ID
+from tests.conftest import REDIS_HOST, RUN_ID
 from tests.e2e.conftest import Env, rabbitmqctl, wait_for
 from tests.e2e.streams import TS, balances, sql
 from tests.e2e.test_failures import FAST
@@ -59,8 +62,9 @@ def broker_users() -> Iterator[Callable[[Env], dict[str, str]]]:
 def client(url: str) -> Celery:
     """A plain Celery producer; publisher confirms make a refused publish raise at once."""
     app = Celery("shop", broker=url, set_as_current=False)
-    app.conf.update(task_serializer="json", broker_transport_options={"confirm_publish": True},
-                    broker_connection_retry=False)
+    app.conf.update(task_serializer="json", broker_connection_retry=False)
+    if url.startswith("amqp"):
+        app.conf.broker_transport_options = {"confirm_publish": True}
     return app
 
 
@@ -129,3 +133,77 @@ def test_producer_user_publishes_events_only(deploy, broker_users) -> None:
     assert balances(env) == {"perm-1": 105}
     assert sql(env, "SELECT type, amount FROM ledger_entries ORDER BY seq") == [
         ("EARN", 100), ("ADJUST", 5)]
+
+
+ACL_RULES = PERMISSIONS.parents[1] / "redis" / "users.acl-rules"
+
+
+def shipped_acl_rules() -> dict[str, list[str]]:
+    """user -> its ACL rules, as docker-compose creates them."""
+    found = {}
+    for line in ACL_RULES.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            user, *rules = line.split()
+            found[user] = rules
+    return found
+
+
+@pytest.fixture
+def redis_users(redis_index: int) -> Iterator[dict[str, str]]:
+    """The shipped Redis users under names of this run, deleted afterwards; their URLs."""
+    admin = redis.Redis(host=REDIS_HOST, port=6379)
+    made, urls = [], {}
+    try:
+        for role, rules in shipped_acl_rules().items():
+            name, password = f"{role}-{RUN_ID}", secrets.token_hex(12)
+            admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", *rules)
+            made.append(name)
+            urls[role] = f"redis://{name}:{password}@{REDIS_HOST}:6379/{redis_index}"
+        yield urls
+    finally:
+        for name in made:
+            admin.execute_command("ACL", "DELUSER", name)
+        admin.close()
+
+
+def test_redis_producer_user_publishes_events_only(deploy, redis_users) -> None:
+    env: Env = deploy("redis", **FAST)
+    worker_url, producer = redis_users["loyalty-worker"], redis_users["loyalty-producer"]
+    env.vars.update(LOYALTY_BROKER_URL=worker_url, LOYALTY_RESULT_BACKEND=worker_url)
+    env.worker()
+
+    # A bare Celery client, as in the README's contract.
+    publish(producer, "loyalty.events.signup",
+            {"event_id": "acl-su", "contact_id": "acl-1", "occurred_at": TS}, "loyalty.events")
+    wait_for(lambda: balances(env).get("acl-1") == 100, 30, "the producer's signup")
+
+    grant = {"request_id": "steal-1", "contact_id": "acl-1", "balance": 999_999_999,
+             "description": "free points", "actor": "shop"}
+    for options in ({}, {"declare": []}):
+        with pytest.raises(OperationalError) as refused:
+            publish(producer, "loyalty.accounts.adjust_points", grant, "loyalty.admin",
+                    **options)
+        assert "no permissions to access one of the keys" in str(refused.value)
+    as_producer = redis.Redis.from_url(producer)
+    try:
+        for read in (lambda: as_producer.rpop("loyalty.events"),
+                     lambda: as_producer.lrange("loyalty.events", 0, -1),
+                     lambda: as_producer.hgetall("unacked")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                read()
+    finally:
+        as_producer.close()
+
+    staff = {**env.vars, "LOYALTY_BROKER_URL": redis_users["loyalty-staff"],
+             "LOYALTY_RESULT_BACKEND": redis_users["loyalty-staff"]}
+    worker_vars, env.vars = env.vars, staff
+    try:
+        adjusted = env.cli_json("adjust", "--contact-id", "acl-1", "--amount", "5",
+                                "--description", "staff", "--actor", "ops")
+    finally:
+        env.vars = worker_vars
+    assert adjusted["status"] == "applied"
+    assert balances(env) == {"acl-1": 105}
+    assert sql(env, "SELECT type, amount FROM ledger_entries ORDER BY seq") == [
+        ("EARN", 100), ("ADJUST", 5)]
+    assert env.broker.pending() == 0
