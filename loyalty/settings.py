@@ -81,6 +81,15 @@ class Settings:
     security_key: str = ""
     security_certificate: str = ""
     security_cert_store: str = ""
+    #: Celery's remote control (broadcast commands such as `shutdown`, `revoke`,
+    #: `inspect`). Off by default: a broadcast goes to every worker, and anyone who may
+    #: publish on the broker could send one. Only allowed with message signing, so
+    #: that only signed control messages are accepted.
+    remote_control: bool = False
+    #: With message signing configured: accept plain JSON events from shops on
+    #: `loyalty.events`, and only signed messages for everything else (admin tasks,
+    #: anything on `loyalty.admin`). Off: with signing, every message must be signed.
+    require_signed_admin: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -146,6 +155,14 @@ class Settings:
         if any(signing) and not all(signing):
             raise SettingsError("message signing needs LOYALTY_SECURITY_KEY, "
                                 "LOYALTY_SECURITY_CERTIFICATE and LOYALTY_SECURITY_CERT_STORE")
+        if self.remote_control and not self.signing:
+            raise SettingsError("LOYALTY_REMOTE_CONTROL needs message signing: set "
+                                "LOYALTY_SECURITY_KEY, LOYALTY_SECURITY_CERTIFICATE and "
+                                "LOYALTY_SECURITY_CERT_STORE, or turn remote control off")
+        if self.require_signed_admin and not self.signing:
+            raise SettingsError("LOYALTY_REQUIRE_SIGNED_ADMIN needs message signing: set "
+                                "LOYALTY_SECURITY_KEY, LOYALTY_SECURITY_CERTIFICATE and "
+                                "LOYALTY_SECURITY_CERT_STORE")
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
             raise SettingsError(f"LOYALTY_BROKER_URL scheme {scheme!r} is not supported")

@@ -36,6 +36,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         enable_signing(app, key=settings.security_key,
                        certificate=settings.security_certificate,
                        cert_store=settings.security_cert_store)
+        # Control messages (consumed only with LOYALTY_REMOTE_CONTROL) must be signed
+        # whatever the task queues accept: the mailbox takes its own accept list.
+        app.control.mailbox.accept = ["auth"]
+        if settings.require_signed_admin:
+            # Plain JSON is let in for shop events only; worker.consumer refuses it for
+            # anything else before it is decoded. The worker still signs what it sends.
+            app.conf.accept_content = ["json", "auth"]
     return app
 
 

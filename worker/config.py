@@ -12,19 +12,45 @@ EVENTS_QUEUE = "loyalty.events"
 ADMIN_QUEUE = "loyalty.admin"
 
 
+#: Key the worker adds to each consumed message's delivery_info: the queue it was
+#: actually taken from. The message's own exchange and routing key do not tell: on
+#: Redis they come from the producer's payload.
+ARRIVED_ON = "loyalty_arrived_on"
+
+
+class ConsumedQueue(Queue):
+    """A queue that tags every message it delivers with its own name (ARRIVED_ON).
+
+    kombu calls `consume` once per queue with the consumer's callback; the callback
+    wrapped here runs for this queue's messages only (per consumer tag on AMQP, per
+    list on Redis), so the tag is the broker's word, not the producer's.
+    """
+
+    def consume(self, consumer_tag: str = "", callback: Any = None, no_ack: Any = None,
+                nowait: bool = False, on_cancel: Any = None) -> Any:
+        if callback is not None:
+            name, deliver = self.name, callback
+
+            def callback(message: Any) -> Any:
+                info = getattr(message, "delivery_info", None)
+                if isinstance(info, dict):
+                    info[ARRIVED_ON] = name
+                return deliver(message)
+
+        return super().consume(consumer_tag, callback, no_ack=no_ack, nowait=nowait,
+                               on_cancel=on_cancel)
+
+
 def _queue(name: str) -> Queue:
     """Exactly what a bare Celery client declares for `send_task(..., queue=name)`:
     a direct exchange and a routing key both named after the queue. Without them
     Celery would bind every queue with the default queue's key."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+    return ConsumedQueue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    redis = settings.broker_url.split("://", 1)[0] in ("redis", "rediss")
     return {
         "broker_url": settings.broker_url,
-        # On Redis, a transport that records which queue each message came from.
-        **({"broker_transport": "worker.transport:Transport"} if redis else {}),
         "result_backend": settings.result_backend,
         # Only JSON crosses the broker: pickle or yaml bodies are refused unread.
         "accept_content": ["json"],
@@ -68,6 +94,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "loyalty.deadletters.*": {"queue": ADMIN_QUEUE},
         },
         "worker_send_task_events": False,
+        # No pidbox consumer unless the operator asks for it (then signing is enforced
+        # by Settings.validate, and worker.app makes the mailbox accept only `auth`).
+        "worker_enable_remote_control": settings.remote_control,
         # Unreadable messages go to the dead-letter table instead of being deleted.
         "worker_consumer": "worker.consumer:DeadLetteringConsumer",
         "worker_hijack_root_logger": True,

@@ -14,10 +14,11 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
 
 from loyalty.errors import TransientError
 from worker import raw_letters
-from worker.transport import QUEUE_KEY
+from worker.config import ARRIVED_ON, EVENTS_QUEUE
 
 log = logging.getLogger("loyalty.consumer")
 
@@ -63,6 +64,30 @@ def _content_reason(exc: BaseException) -> str:
     return "malformed_message"
 
 
+#: Content type of Celery's `auth` serializer (a signed message).
+SIGNED = "application/data"
+
+
+def _unsigned_beyond_events(message: Any) -> bool:
+    """With LOYALTY_REQUIRE_SIGNED_ADMIN: an unsigned message that is not a shop event.
+
+    Plain JSON passes only if it was taken from `loyalty.events` (the queue the worker
+    took it from, not what its headers claim) and names an event task; anything else
+    unsigned (an admin task on either queue, any task on `loyalty.admin`, a message
+    without a task header) is refused before it is decoded. A signed one goes on to
+    kombu's auth serializer, which checks the signature.
+    """
+    from worker.app import settings
+
+    if not settings().require_signed_admin or message.content_type == SIGNED:
+        return False
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task = headers.get("task")
+    return not (info.get(ARRIVED_ON) == EVENTS_QUEUE and isinstance(task, str)
+                and task.startswith("loyalty.events."))
+
+
 class DeadLetteringConsumer(Consumer):
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         _keep(message, _content_reason(exc), exc)
@@ -99,19 +124,13 @@ class DeadLetteringConsumer(Consumer):
             connection.close = tolerant_close
         super().on_connection_error_after_connected(exc)
 
-    def _arrived_on(self, message: Any) -> str | None:
-        """The queue a message was delivered from, as the broker (not the message) says."""
+    @staticmethod
+    def _arrived_on(message: Any) -> str | None:
+        """The queue a message was delivered from, as the broker (not the message) says:
+        `worker.config.ConsumedQueue` records it for each delivery."""
         info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
-        stamped = info.get(QUEUE_KEY)  # Redis, by worker.transport
-        if stamped is not None:
-            return str(stamped)
-        tag = info.get("consumer_tag")  # AMQP: set by the broker for each delivery
-        consumer = getattr(self, "task_consumer", None)
-        tags = getattr(consumer, "_active_tags", None) or {}
-        for queue, active in tags.items():
-            if tag is not None and active == tag:
-                return str(queue)
-        return None
+        arrived = info.get(ARRIVED_ON)
+        return str(arrived) if arrived is not None else None
 
     def _wrong_queue(self, message: Any) -> str | None:
         """Why a message must not run from where it arrived, or None if it may.
@@ -134,7 +153,8 @@ class DeadLetteringConsumer(Consumer):
                     f"{arrived or 'a queue the broker did not name'}")
         info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
         claimed = info.get("routing_key")
-        if QUEUE_KEY in info and claimed not in (None, arrived):
+        if self.connection is not None and self.connection.transport.driver_type == "redis" \
+                and claimed not in (None, arrived):
             # On Redis, a restore after a restart re-queues a message by the routing key
             # it claims: one claiming another queue could move itself there.
             return (f"message on queue {arrived} claims routing key {claimed!r}; "
@@ -152,6 +172,10 @@ class DeadLetteringConsumer(Consumer):
                 return _keep(message, "message_too_large", None, truncate=True,
                              detail=f"the body is {size} bytes; at most {limit} are read "
                                     "(LOYALTY_MAX_MESSAGE_BYTES)")
+            if _unsigned_beyond_events(message):
+                return _keep(message, "content_disallowed", ContentDisallowed(
+                    "unsigned, and not an event task taken from loyalty.events "
+                    "(LOYALTY_REQUIRE_SIGNED_ADMIN)"))
             wrong = self._wrong_queue(message)
             if wrong is not None:
                 return _keep(message, "wrong_queue", None, detail=wrong)
