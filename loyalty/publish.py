@@ -24,7 +24,13 @@ from pydantic import ValidationError
 from loyalty.errors import InvalidPayload, PublishError
 from loyalty.settings import Settings
 from loyalty.signing import enable_signing
-from schemas.events import BULK_MAX_EVENTS, BULK_TYPES, TASKS, describe_errors
+from schemas.events import (
+    BULK_MAX_EVENTS,
+    BULK_TYPES,
+    TASKS,
+    describe_errors,
+    set_max_future_skew,
+)
 
 #: Celery's default cap on a task's argument repr.
 _REPR_MAX = 1024
@@ -39,6 +45,7 @@ class Publisher:
                  settings: Settings | None = None) -> None:
         """URLs default to the LOYALTY_* settings; so does message signing, when configured."""
         settings = settings or Settings.from_env()
+        set_max_future_skew(settings.max_future_skew)
         self.app = Celery("loyalty-producer", broker=broker_url or settings.broker_url,
                           backend=result_backend or settings.result_backend,
                           set_as_current=False)
