@@ -46,6 +46,7 @@ from loyalty.errors import (
     DeadLetterNotPending,
     IdempotencyConflict,
     InvalidPayload,
+    InvalidRule,
     LoyaltyError,
     NoActiveRule,
     NotReplayable,
@@ -1282,7 +1283,7 @@ def _rule(row: Mapping[Any, Any]) -> EarnRule:
 
 def _check_name(name: str) -> None:
     if not 1 <= len(name) <= 100:
-        raise RuleError("name must be 1 to 100 characters")
+        raise InvalidRule("name must be 1 to 100 characters")
 
 
 def _rule_conflict(exc: LedgerIntegrityError) -> RuleError:

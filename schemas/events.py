@@ -89,6 +89,25 @@ def _check_currency(value: str) -> str:
     return value
 
 
+EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+$")
+
+
+def _check_email(value: str) -> str:
+    if not EMAIL.match(value):
+        raise ValueError("must be an email address: one @ with text on both sides and no"
+                         " spaces, e.g. alice@example.com")
+    return value
+
+
+#: Checked by a function, not a Field pattern, so the error says what is expected
+#: instead of quoting the regular expression.
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=320),
+    AfterValidator(_check_email),
+    WithJsonSchema({"type": "string", "minLength": 3, "maxLength": 320,
+                    "pattern": EMAIL.pattern}),
+]
 Timestamp = Annotated[
     datetime,
     BeforeValidator(_parse_timestamp),
@@ -138,8 +157,7 @@ class SignupEvent(Contract):
     event_id: Id
     contact_id: Id
     member_id: Id | None = None
-    email: Annotated[str, Field(min_length=3, max_length=320,
-                                pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")] | None = None
+    email: Email | None = None
     name: Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)] | None = None
     occurred_at: OccurredAt
 
@@ -278,8 +296,19 @@ def describe_errors(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "payload"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "string_pattern_mismatch":
+            # Say what is expected, not the regular expression.
+            message = ("must not contain NUL characters"
+                       if (error.get("ctx") or {}).get("pattern") == NO_NUL
+                       else "does not have the expected format")
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
+
+
+def unknown_bulk_type(kind: object) -> str:
+    """The error of a bulk item whose type no task takes."""
+    return (f"type: unknown event type {kind!r}; known: {', '.join(sorted(BULK_TYPES))}")
 
 
 def json_schema(model: type[Contract]) -> dict[str, Any]:
