@@ -33,6 +33,8 @@ from loyalty.settings import Settings, mask_url
 from loyalty.views import InvalidCursor
 
 JSON_HELP = "Print one JSON document instead of text."
+#: A row id or revision: a bigint, so a larger number is bad input, not a database error.
+ROW_ID = click.IntRange(1, 2**63 - 1)
 
 
 class Context:
@@ -436,14 +438,14 @@ def rules_create(ctx: Context, name: str, trigger: str, kind: str, points: int,
 
 
 @rules_group.command("update")
-@click.argument("rule_id", type=int)
+@click.argument("rule_id", type=ROW_ID)
 @click.option("--name")
 @click.option("--kind", type=click.Choice(["fixed", "conversion"]))
 @click.option("--points", type=int)
 @click.option("--per", "money_amount")
 @click.option("--currency")
 @click.option("--any-currency", is_flag=True, help="Remove the currency restriction.")
-@click.option("--revision", type=int, help="Refuse unless the rule is at this revision.")
+@click.option("--revision", type=ROW_ID, help="Refuse unless the rule is at this revision.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_update(ctx: Context, rule_id: int, name: str | None, kind: str | None,
@@ -463,7 +465,7 @@ def _set_status(ctx: Context, rule_id: int, status: str, as_json: bool) -> None:
 
 
 @rules_group.command("pause")
-@click.argument("rule_id", type=int)
+@click.argument("rule_id", type=ROW_ID)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_pause(ctx: Context, rule_id: int, as_json: bool) -> None:
@@ -472,7 +474,7 @@ def rules_pause(ctx: Context, rule_id: int, as_json: bool) -> None:
 
 
 @rules_group.command("resume")
-@click.argument("rule_id", type=int)
+@click.argument("rule_id", type=ROW_ID)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_resume(ctx: Context, rule_id: int, as_json: bool) -> None:
@@ -616,7 +618,7 @@ def dlq_list(ctx: Context, reason: str | None, status: str | None, since: str | 
 
 
 @dlq_group.command("show")
-@click.argument("letter_id", type=int)
+@click.argument("letter_id", type=ROW_ID)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def dlq_show(ctx: Context, letter_id: int, as_json: bool) -> None:
@@ -642,7 +644,7 @@ def dlq_stats(ctx: Context, as_json: bool) -> None:
 
 
 @dlq_group.command("replay")
-@click.option("--id", "ids", type=int, multiple=True, help="A letter id; repeat for more.")
+@click.option("--id", "ids", type=ROW_ID, multiple=True, help="A letter id; repeat for more.")
 @click.option("--reason", help="Every pending letter with this reason.")
 @click.option("--since", help="Every pending letter first failed at or after this time or age.")
 @click.option("--all", "all_", is_flag=True, help="Every pending letter.")
@@ -700,7 +702,7 @@ def dlq_replay(ctx: Context, ids: tuple[int, ...], reason: str | None, since: st
 
 
 @dlq_group.command("discard")
-@click.argument("letter_id", type=int)
+@click.argument("letter_id", type=ROW_ID)
 @click.option("--why", required=True, help="Why this letter must not be replayed.")
 @click.option("--actor", required=True, help="Who decided.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)

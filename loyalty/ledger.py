@@ -634,7 +634,12 @@ class Ledger:
     def list_accounts(self, limit: int, cursor: str | None = None) -> dict[str, Any]:
         query = _ACCOUNT.order_by(accounts.c.id)
         if cursor:
-            query = query.where(accounts.c.id > _uuid(views.decode_cursor(cursor), "cursor"))
+            try:
+                after = UUID(views.decode_cursor(cursor))
+            except ValueError:
+                raise views.InvalidCursor(f"invalid cursor {cursor!r}: pass a next_cursor printed"
+                                          " by a list") from None
+            query = query.where(accounts.c.id > after)
         return self._page(query, limit, "id", views.account_json)
 
     def _page(self, query: Any, limit: int, key: str,
@@ -1272,7 +1277,7 @@ def _uuid(value: str, what: str) -> UUID:
     try:
         return UUID(value)
     except ValueError:
-        raise AccountNotFound(f"{what} {value!r} is not a UUID") from None
+        raise InvalidPayload(f"{what} {value!r} is not a UUID") from None
 
 
 def _rule(row: Mapping[Any, Any]) -> EarnRule:

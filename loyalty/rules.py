@@ -71,6 +71,9 @@ def validate_rule(
         raise InvalidRule(f"status must be one of {', '.join(STATUSES)}")
     if not 0 < points <= MAX_RULE_POINTS:
         raise InvalidRule(f"points must be between 1 and {MAX_RULE_POINTS}")
+    if kind == "fixed" and points > MAX_EARN_POINTS:
+        raise InvalidRule(f"a fixed rule gives at most {MAX_EARN_POINTS} points: one event"
+                          " earns no more")
     if kind == "fixed" and money_amount is not None:
         raise InvalidRule("a fixed rule takes no money amount")
     if kind == "conversion":

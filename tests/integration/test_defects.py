@@ -7,7 +7,12 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from loyalty.errors import BalanceAboveMaximum, ContactConflict, PointsAboveMaximum
+from loyalty.errors import (
+    BalanceAboveMaximum,
+    ContactConflict,
+    InvalidRule,
+    PointsAboveMaximum,
+)
 from loyalty.ledger import EventOutcome, Ledger
 from loyalty.replay import replay
 from tests.integration.test_dead_letters import letter
@@ -53,8 +58,11 @@ def test_earning_stops_at_the_balance_maximum(ledger: Ledger) -> None:
     assert ledger.verify()["ok"]
 
 
-def test_a_signup_rule_above_the_earn_limit_is_refused(ledger: Ledger) -> None:
-    ledger.update_rule(1, points=10_000_000)
+def test_a_signup_rule_above_the_earn_limit_is_refused(ledger: Ledger,
+                                                       raw: psycopg.Connection) -> None:
+    with pytest.raises(InvalidRule, match="at most 9999999"):
+        ledger.update_rule(1, points=10_000_000)
+    raw.execute("UPDATE earn_rules SET points = 10000000, revision = 2 WHERE id = 1")  # past the code
     with pytest.raises(PointsAboveMaximum):
         ledger.apply_signup(signup("s"))
     [result] = ledger.apply_events([signup("s2")])
