@@ -713,6 +713,11 @@ def dlq_discard(ctx: Context, letter_id: int, why: str, actor: str, as_json: boo
     emit(letter, as_json, lambda d: f"discarded dead letter {d['id']} ({d['reason']})")
 
 
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message quotes (an id with a newline stays escaped)."""
+    click.echo(f"error: {printable(message)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and exit codes instead of tracebacks."""
     try:
@@ -725,20 +730,20 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _error(exc.format_message())
         sys.exit(2)
     except NotMigratedError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(3)
     except (InvalidPayload, InvalidCursor, InvalidRule) as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(2)
     except LoyaltyError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(1)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: {type(exc).__name__}: {message}", err=True)
+        _error(f"{type(exc).__name__}: {message}")
         sys.exit(1)
 
 

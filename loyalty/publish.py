@@ -170,9 +170,16 @@ class Publisher:
         return self._sent("loyalty.events.order_completed", payload)
 
     def adjust_points(self, **payload: Any) -> AsyncResult:
+        """Publish an adjustment; the result's `request_id` is the idempotency key.
+
+        The AsyncResult's own `id` is Celery's message id: to read the first result again
+        after a timeout, repeat with `request_id=result.request_id`, not with that id.
+        """
         payload = {k: v for k, v in payload.items() if v is not None}
         payload.setdefault("request_id", str(uuid.uuid4()))
-        return self.send("loyalty.accounts.adjust_points", payload)
+        result = self.send("loyalty.accounts.adjust_points", payload)
+        result.request_id = payload["request_id"]
+        return result
 
     def _sent(self, task_name: str, payload: dict[str, Any]) -> dict[str, Any]:
         message = self.send(task_name, payload)

@@ -91,16 +91,18 @@ def _text_value(value: Any) -> str:
 
 
 class QuietSuccess(logging.Filter):
-    """Drops Celery's "Task ... succeeded in ...: <repr of the result>" line.
+    """Drops Celery's "Task ... succeeded in ...: <repr of the result>" and "Task ...
+    retry: Retry in ...: <repr of the exception>" lines.
 
-    Our own line says what happened (applied, duplicate, dead-lettered, rejected), once;
-    Celery's says `succeeded` even for a dead-lettered task, and reprs the whole result.
+    Our own line says what happened (applied, duplicate, dead-lettered, rejected,
+    retrying), once; Celery's says `succeeded` even for a dead-lettered task, and reprs
+    the whole result.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from celery.app import trace
 
-        return record.msg is not trace.LOG_SUCCESS and record.msg != trace.LOG_SUCCESS
+        return record.msg not in (trace.LOG_SUCCESS, trace.LOG_RETRY)
 
 
 def configure(logger: logging.Logger, settings: Settings) -> None:

@@ -66,6 +66,9 @@ def store(message: Any, reason: str, detail: str, task_name: str | None = None) 
     message_id = headers.get("id") or (envelope["properties"].get("correlation_id"))
     task = str(name) if name is not None else None
     message = str(message_id) if message_id is not None else None
+    if detail == reason == "malformed_message":
+        # Celery found no task name in it: say so rather than repeat the reason code.
+        detail = "not a Celery task message: its headers name no task"
     if reason == "unknown_task":
         # Celery reports it as `KeyError: 'name'`; say it in the product's words.
         detail = (f"no task named {task!r}; the worker runs "

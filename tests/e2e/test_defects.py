@@ -56,6 +56,18 @@ def test_the_request_id_printed_on_a_timeout_is_the_one_to_repeat(deploy) -> Non
     assert env.cli_json("accounts", "get", "--contact-id", "bob")["points"]["balance"] == 103
 
 
+def test_the_publisher_returns_the_request_id_to_repeat(deploy) -> None:  # type: ignore[no-untyped-def]
+    from loyalty.publish import Publisher
+
+    env = deploy("redis")
+    with Publisher(env.broker_url, env.result_backend) as publisher:
+        result = publisher.adjust_points(contact_id="x", amount=1, description="d", actor="a")
+        chosen = publisher.adjust_points(request_id="r-1", contact_id="x", amount=1,
+                                         description="d", actor="a")
+    assert result.request_id != result.id and len(result.request_id) == 36
+    assert chosen.request_id == "r-1"
+
+
 # -- item 3 ----------------------------------------------------------------------------
 
 

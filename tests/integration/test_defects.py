@@ -176,3 +176,17 @@ def test_a_member_id_conflict_names_the_member_id(ledger: Ledger) -> None:
     [result] = ledger.apply_events([signup("c3", member_id="m-shared")])
     assert isinstance(result, ContactConflict)
     assert "member_id 'm-shared'" in str(result)
+
+
+# -- more of the same kinds --------------------------------------------------------------
+
+
+def test_the_replay_task_refuses_an_unknown_reason(ledger: Ledger) -> None:
+    from loyalty.errors import InvalidPayload
+    from schemas.events import ReplayRequest
+    from tasks.deadletters import _replay
+
+    with pytest.raises(InvalidPayload, match="unknown reason code 'bogus'"):
+        _replay(ledger, ReplayRequest(reason="bogus"))
+    assert _replay(ledger, ReplayRequest(reason="account_not_found"))["items"] == []
+
