@@ -36,7 +36,9 @@ def decide_adjustment(
     if target < 0:
         return AdjustDecision(applied=False, reason="balance_below_zero", balance_before=balance,
                               balance_after=balance)
-    if target > MAX_BALANCE:
+    if target > MAX_BALANCE and target > balance:
+        # Refused only when it raises the balance: one that is somehow above the
+        # maximum can always be brought down.
         return AdjustDecision(applied=False, reason="balance_above_maximum", balance_before=balance,
                               balance_after=balance)
     return AdjustDecision(applied=True, delta=target - balance, balance_before=balance,

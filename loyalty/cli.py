@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import unicodedata
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -18,12 +20,21 @@ from typing import Any
 import click
 
 from loyalty import db
-from loyalty.errors import InvalidPayload, LoyaltyError, NotMigratedError, TransientError
+from loyalty.errors import (
+    DEAD_LETTER_REASONS,
+    InvalidPayload,
+    InvalidRule,
+    LoyaltyError,
+    NotMigratedError,
+    TransientError,
+)
 from loyalty.ledger import Ledger
 from loyalty.settings import Settings, mask_url
 from loyalty.views import InvalidCursor
 
 JSON_HELP = "Print one JSON document instead of text."
+#: A row id or revision: a bigint, so a larger number is bad input, not a database error.
+ROW_ID = click.IntRange(1, 2**63 - 1)
 
 
 class Context:
@@ -52,26 +63,54 @@ def emit(data: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> 
         click.echo(text(data) if text else _text(data))
 
 
+def printable(value: Any) -> str:
+    """A stored value as text that cannot break a line or a table.
+
+    Ids and descriptions are whatever producers sent: a tab, a newline, an escape
+    sequence or an invisible format character is shown escaped (`\\t`, `\\x1b`,
+    `\\u200b`), never written to the terminal. Booleans read as in JSON.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    named = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    if ch in named:
+        return named[ch]
+    if unicodedata.category(ch) == "Zs":
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
+        else f"\\U{code:08x}"
+
+
 def _text(data: Any, indent: int = 0) -> str:
     pad = "  " * indent
     if isinstance(data, dict):
         lines = []
         for key, value in data.items():
             if isinstance(value, dict | list) and value:
-                lines.append(f"{pad}{key}:")
+                lines.append(f"{pad}{printable(key)}:")
                 lines.append(_text(value, indent + 1))
             else:
-                lines.append(f"{pad}{key}: {'-' if value is None else value}")
+                lines.append(f"{pad}{printable(key)}: {printable(value)}")
         return "\n".join(lines)
     if isinstance(data, list):
         return "\n".join(_text(item, indent) + ("\n" if isinstance(item, dict) else "")
                          for item in data).rstrip("\n")
-    return f"{pad}{data}"
+    return f"{pad}{printable(data)}"
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict], Any]]],
            next_cursor: str | None = None) -> str:
-    cells = [[str(get(row)) for _, get in columns] for row in rows]
+    cells = [[printable(get(row)) for _, get in columns] for row in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _) in enumerate(columns)]
     lines = ["  ".join(h.ljust(w) for (h, _), w in zip(columns, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
@@ -328,6 +367,8 @@ def adjust(ctx: Context, account_id: str | None, contact_id: str | None, amount:
     """Adjust an account's points through the worker; exit 1 if the request is rejected."""
     one_of(account_id=account_id, contact_id=contact_id)
     one_of(amount=amount, balance=balance)
+    # Chosen here, so that the id printed on a timeout is the one to repeat.
+    request_id = request_id or str(uuid.uuid4())
     with _publisher(ctx) as publisher:
         pending = publisher.adjust_points(
             request_id=request_id, account_id=account_id, contact_id=contact_id, amount=amount,
@@ -337,7 +378,7 @@ def adjust(ctx: Context, account_id: str | None, contact_id: str | None, amount:
         except Exception as exc:
             if type(exc).__name__ == "TimeoutError":
                 raise TransientError(
-                    f"no answer from a worker within {timeout:g}s (request {pending.id} is queued"
+                    f"no answer from a worker within {timeout:g}s (request {request_id} is queued"
                     " and will still be applied once; repeat with --request-id to read it)"
                 ) from None
             raise
@@ -352,7 +393,7 @@ def _adjust_text(result: dict[str, Any]) -> str:
     if result.get("status") == "applied":
         return (f"applied: transaction {result['transaction_id']}; balance {points.get('balance')}"
                 f", revision {account.get('revision')}")
-    detail = f" ({result['detail']})" if result.get("detail") else ""
+    detail = f" ({printable(result['detail'])})" if result.get("detail") else ""
     return f"rejected: {result.get('reason')}{detail}"
 
 
@@ -416,14 +457,14 @@ def rules_create(ctx: Context, name: str, trigger: str, kind: str, points: int,
 
 
 @rules_group.command("update")
-@click.argument("rule_id", type=int)
+@click.argument("rule_id", type=ROW_ID)
 @click.option("--name")
 @click.option("--kind", type=click.Choice(["fixed", "conversion"]))
 @click.option("--points", type=int)
 @click.option("--per", "money_amount")
 @click.option("--currency")
 @click.option("--any-currency", is_flag=True, help="Remove the currency restriction.")
-@click.option("--revision", type=int, help="Refuse unless the rule is at this revision.")
+@click.option("--revision", type=ROW_ID, help="Refuse unless the rule is at this revision.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_update(ctx: Context, rule_id: int, name: str | None, kind: str | None,
@@ -443,7 +484,7 @@ def _set_status(ctx: Context, rule_id: int, status: str, as_json: bool) -> None:
 
 
 @rules_group.command("pause")
-@click.argument("rule_id", type=int)
+@click.argument("rule_id", type=ROW_ID)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_pause(ctx: Context, rule_id: int, as_json: bool) -> None:
@@ -452,7 +493,7 @@ def rules_pause(ctx: Context, rule_id: int, as_json: bool) -> None:
 
 
 @rules_group.command("resume")
-@click.argument("rule_id", type=int)
+@click.argument("rule_id", type=ROW_ID)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_resume(ctx: Context, rule_id: int, as_json: bool) -> None:
@@ -488,6 +529,43 @@ def verify(ctx: Context, as_json: bool) -> None:
         sys.exit(1)
 
 
+@cli.group("events")
+def events_group() -> None:
+    """Events the worker has processed, with what it did with each."""
+
+
+EVENT_OUTCOMES = ("earned", "duplicate_order", "duplicate_order_changed", "already_signed_up",
+                  "no_points", "no_rule")
+
+EVENT_COLUMNS: list[tuple[str, Callable[[dict], Any]]] = [
+    ("processed_at", lambda e: e["processed_at"]),
+    ("event_id", lambda e: e["event_id"]),
+    ("type", lambda e: e["event_type"]),
+    ("contact_id", lambda e: e["contact_id"]),
+    ("order_id", lambda e: e["order_id"]),
+    ("outcome", lambda e: e["outcome"]),
+    ("points", lambda e: e["points"]),
+    ("detail", lambda e: json.dumps(e["detail"], sort_keys=True) if e["detail"] else None),
+]
+
+
+@events_group.command("list")
+@click.option("--contact-id", help="Events of this contact.")
+@click.option("--outcome", type=click.Choice(EVENT_OUTCOMES), help="Events with this outcome.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def events_list(ctx: Context, contact_id: str | None, outcome: str | None, limit: int,
+                cursor: str | None, as_json: bool) -> None:
+    """List processed events, newest first, with their outcome and payload (in --json)."""
+    if contact_id is None and outcome is None:
+        raise click.UsageError("give --contact-id, --outcome or both")
+    result = ctx.ledger().list_events(contact_id=contact_id, outcome=outcome, limit=limit,
+                                      cursor=cursor)
+    emit(result, as_json, lambda r: _table(r["items"], EVENT_COLUMNS, r["next_cursor"]))
+
+
 @cli.group("dlq")
 def dlq_group() -> None:
     """Dead letters: messages that could not be applied."""
@@ -519,7 +597,27 @@ LETTER_COLUMNS: list[tuple[str, Callable[[dict], Any]]] = [
     ("status", lambda d: d["status"]),
     ("attempts", lambda d: d["attempts"]),
     ("last_failed_at", lambda d: d["last_failed_at"]),
+    ("last_replay", lambda d: _last_replay(d["replay_outcome"])),
 ]
+
+
+def _last_replay(outcome: dict[str, Any] | None) -> str:
+    if not outcome:
+        return "-"
+    return " ".join(str(p) for p in (outcome.get("result"), outcome.get("reason")) if p)
+
+
+def _reason(ctx: Context, reason: str | None, option: str = "--reason") -> str | None:
+    """A reason code must be one the product documents or one that letters carry."""
+    if reason is None:
+        return None
+    known = set(DEAD_LETTER_REASONS)
+    if reason not in known:
+        known |= set(ctx.ledger().dead_letter_stats()["by_reason"])
+    if reason not in known:
+        raise click.BadParameter(f"unknown reason code {reason!r}; known: "
+                                 f"{', '.join(sorted(known))}", param_hint=option)
+    return reason
 
 
 @dlq_group.command("list")
@@ -533,7 +631,7 @@ LETTER_COLUMNS: list[tuple[str, Callable[[dict], Any]]] = [
 def dlq_list(ctx: Context, reason: str | None, status: str | None, since: str | None,
              limit: int, cursor: str | None, as_json: bool) -> None:
     """List dead letters, oldest first."""
-    result = ctx.ledger().list_dead_letters(reason=reason, status=status, since=_since(since),
+    result = ctx.ledger().list_dead_letters(reason=_reason(ctx, reason), status=status, since=_since(since),
                                             limit=limit, cursor=cursor)
     emit(result, as_json, lambda r: _table(r["items"], LETTER_COLUMNS, r["next_cursor"]))
 
@@ -543,7 +641,7 @@ SHOWN_PAYLOAD = 4096
 
 
 @dlq_group.command("show")
-@click.argument("letter_id", type=int)
+@click.argument("letter_id", type=ROW_ID)
 @click.option("--full", is_flag=True, help=f"The whole payload, not its first {SHOWN_PAYLOAD} "
                                             "characters.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
@@ -577,7 +675,7 @@ def dlq_stats(ctx: Context, as_json: bool) -> None:
 
 
 @dlq_group.command("replay")
-@click.option("--id", "ids", type=int, multiple=True, help="A letter id; repeat for more.")
+@click.option("--id", "ids", type=ROW_ID, multiple=True, help="A letter id; repeat for more.")
 @click.option("--reason", help="Every pending letter with this reason.")
 @click.option("--since", help="Every pending letter first failed at or after this time or age.")
 @click.option("--all", "all_", is_flag=True, help="Every pending letter.")
@@ -597,6 +695,7 @@ def dlq_replay(ctx: Context, ids: tuple[int, ...], reason: str | None, since: st
         raise click.UsageError("give exactly one of --id | --reason | --since | --all")
     from loyalty import replay as replaying
 
+    reason = _reason(ctx, reason)
     ledger = ctx.ledger()
     if ids:
         # Named letters are all reported, a letter that is not pending as "skipped".
@@ -617,10 +716,14 @@ def dlq_replay(ctx: Context, ids: tuple[int, ...], reason: str | None, since: st
         lines = []
         for item in r["items"]:
             effect = item.get("effect") or {}
-            what = (f"{effect.get('outcome') or effect.get('status')}"
-                    f" points={effect.get('points', '-')}" if effect else
-                    f"{item.get('reason')}: {item.get('detail', '')}")
-            lines.append(f"{item['id']}  {item['result']}  {item.get('task_name')}  {what}")
+            if effect:
+                what = (f"{effect.get('outcome') or effect.get('status')}"
+                        f" points={effect.get('points', '-')}")
+            else:
+                what = ": ".join(printable(p) for p in (item.get("reason"), item.get("detail"))
+                                 if p)
+            lines.append(f"{item['id']}  {item['result']}  {printable(item.get('task_name'))}"
+                         f"  {what}")
         counts = ", ".join(f"{k}={v}" for k, v in sorted(r["summary"].items())) or "nothing pending"
         return "\n".join([*lines, f"{'dry run: ' if r['dry_run'] else ''}{counts}"])
 
@@ -630,7 +733,7 @@ def dlq_replay(ctx: Context, ids: tuple[int, ...], reason: str | None, since: st
 
 
 @dlq_group.command("discard")
-@click.argument("letter_id", type=int)
+@click.argument("letter_id", type=ROW_ID)
 @click.option("--why", required=True, help="Why this letter must not be replayed.")
 @click.option("--actor", required=True, help="Who decided.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
@@ -641,28 +744,37 @@ def dlq_discard(ctx: Context, letter_id: int, why: str, actor: str, as_json: boo
     emit(letter, as_json, lambda d: f"discarded dead letter {d['id']} ({d['reason']})")
 
 
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message quotes (an id with a newline stays escaped)."""
+    click.echo(f"error: {printable(message)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and exit codes instead of tracebacks."""
     try:
         cli.main(args=argv, prog_name="loyalty", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # `loyalty` or `loyalty dlq` alone: asking for help is not an error.
+        click.echo(exc.ctx.get_help() if exc.ctx else cli.get_help(click.Context(cli)))
+        sys.exit(0)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _error(exc.format_message())
         sys.exit(2)
     except NotMigratedError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(3)
-    except (InvalidPayload, InvalidCursor) as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (InvalidPayload, InvalidCursor, InvalidRule) as exc:
+        _error(str(exc))
         sys.exit(2)
     except LoyaltyError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(1)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: {type(exc).__name__}: {message}", err=True)
+        _error(f"{type(exc).__name__}: {message}")
         sys.exit(1)
 
 

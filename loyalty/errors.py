@@ -31,6 +31,18 @@ class NoActiveRule(LoyaltyError):
     reason = "no_active_rule"
 
 
+class PointsAboveMaximum(LoyaltyError):
+    """An event would earn more than 9,999,999 points at once (Wix's earnPoints limit)."""
+
+    reason = "points_above_maximum"
+
+
+class BalanceAboveMaximum(LoyaltyError):
+    """An event would take a balance above 999,999,999 points."""
+
+    reason = "balance_above_maximum"
+
+
 class IdempotencyConflict(LoyaltyError):
     """The same event_id or request_id arrived with a different payload."""
 
@@ -45,6 +57,10 @@ class ContactConflict(LoyaltyError):
 
 class RuleError(LoyaltyError):
     reason = "invalid_rule"
+
+
+class InvalidRule(RuleError):
+    """A rule's terms are invalid input (exit 2), as against a refused change (exit 1)."""
 
 
 class RuleNotFound(LoyaltyError):
@@ -73,3 +89,13 @@ class TransientError(LoyaltyError):
 
 class PublishError(LoyaltyError):
     reason = "publish_failed"
+
+
+#: Every reason a dead letter can be kept for; `loyalty dlq list --reason` takes these.
+DEAD_LETTER_REASONS: tuple[str, ...] = (
+    "invalid_payload", "account_not_found", "no_active_rule", "retries_exhausted",
+    "idempotency_conflict", "member_id_conflict", "points_above_maximum",
+    "balance_above_maximum", "content_disallowed", "undecodable_body", "unknown_task",
+    "malformed_message", "signature_invalid", "wrong_queue", "message_too_large", "poison",
+    "internal_error",
+)

@@ -40,20 +40,23 @@ from loyalty import views
 from loyalty.adjustments import decide_adjustment
 from loyalty.errors import (
     AccountNotFound,
+    BalanceAboveMaximum,
     ContactConflict,
     DeadLetterNotFound,
     DeadLetterNotPending,
     IdempotencyConflict,
     InvalidPayload,
+    InvalidRule,
     LoyaltyError,
     NoActiveRule,
     NotReplayable,
+    PointsAboveMaximum,
     RuleError,
     RuleNotFound,
     TransientError,
 )
 from loyalty.replay import KEPT_UNREAD
-from loyalty.rules import EarnRule, select_rule, validate_rule
+from loyalty.rules import MAX_BALANCE, MAX_EARN_POINTS, EarnRule, select_rule, validate_rule
 from loyalty.tables import (
     accounts,
     adjust_requests,
@@ -115,9 +118,11 @@ class EventOutcome:
     ledger_entry_id: str | None
     #: True when the event had been applied before and this delivery changed nothing.
     duplicate: bool = False
+    #: What the outcome needs said, e.g. both totals of a `duplicate_order_changed`.
+    detail: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        shape = {
             "event_id": self.event_id,
             "outcome": self.outcome,
             "points": self.points,
@@ -125,6 +130,9 @@ class EventOutcome:
             "ledger_entry_id": self.ledger_entry_id,
             "duplicate": self.duplicate,
         }
+        if self.detail is not None:
+            shape["detail"] = self.detail
+        return shape
 
 
 def _constraint(exc: DBAPIError) -> str | None:
@@ -146,7 +154,7 @@ class Ledger:
             except IntegrityError as exc:
                 name = _constraint(exc)
                 if name == "uq_contacts_member_id":
-                    raise ContactConflict("member_id is already linked to another contact") from None
+                    raise _member_conflict(exc) from None
                 if name in _RACE_CONSTRAINTS and attempt < 2:
                     continue
                 raise LedgerIntegrityError(f"{name or 'constraint'}: {exc.orig}") from exc
@@ -172,7 +180,7 @@ class Ledger:
         return self._run(self._signup_work(event))
 
     def _signup_work(self, event: SignupEvent) -> Callable[[Connection], EventOutcome]:
-        fingerprint = event.fingerprint()
+        fingerprint, payload = event.fingerprint_and_json()
 
         def work(conn: Connection) -> EventOutcome:
             seen = self._seen_event(conn, event.event_id, fingerprint)
@@ -211,7 +219,7 @@ class Ledger:
                 return seen
             record = {"event_id": event.event_id, "event_type": "signup",
                       "fingerprint": fingerprint, "contact_id": event.contact_id,
-                      "account_id": account["id"]}
+                      "account_id": account["id"], "payload": json.loads(payload)}
             already = conn.execute(
                 select(ledger_entries.c.id).where(
                     ledger_entries.c.account_id == account["id"],
@@ -225,6 +233,9 @@ class Ledger:
             if rule is None:
                 # The contact and account are real even while the signup bonus is paused.
                 return self._record(conn, record, "no_rule")
+            refused = _above_ceiling(rule.points_for(), account["balance"])
+            if refused:
+                raise refused
             entry_id = self._earn(conn, account, rule, rule.points_for(), event.event_id,
                                   "signup", None, rule.name)
             return self._record(conn, record, "earned", rule.points_for(), entry_id)
@@ -235,7 +246,7 @@ class Ledger:
         return self._run(self._order_work(event))
 
     def _order_work(self, event: OrderCompletedEvent) -> Callable[[Connection], EventOutcome]:
-        fingerprint = event.fingerprint()
+        fingerprint, payload = event.fingerprint_and_json()
 
         def work(conn: Connection) -> EventOutcome:
             # Looked up once, after the account lock that serialises deliveries of this event.
@@ -247,16 +258,22 @@ class Ledger:
                 raise AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
             record = {"event_id": event.event_id, "event_type": "order.completed",
                       "fingerprint": fingerprint, "contact_id": event.contact_id,
-                      "account_id": account["id"], "order_id": event.order_id}
+                      "account_id": account["id"], "order_id": event.order_id,
+                      "payload": json.loads(payload)}
             earned_before = conn.execute(
-                select(ledger_entries.c.id).where(
+                select(ledger_entries.c.event_id, processed_events.c.payload)
+                .select_from(ledger_entries.outerjoin(
+                    processed_events, processed_events.c.event_id == ledger_entries.c.event_id))
+                .where(
                     ledger_entries.c.account_id == account["id"],
                     ledger_entries.c.type == "EARN",
                     ledger_entries.c.order_id == event.order_id,
                 )
             ).first()
             if earned_before:
-                return self._record(conn, record, "duplicate_order")
+                detail = _order_change(earned_before.event_id, earned_before.payload, event)
+                return self._record(conn, record, "duplicate_order_changed" if detail
+                                    else "duplicate_order", detail=detail)
             rule = select_rule(self._active_rules(conn, "order.completed"), "order.completed",
                                event.currency)
             if rule is None:
@@ -264,6 +281,9 @@ class Ledger:
             points = rule.points_for(event.total)
             if points == 0:
                 return self._record(conn, record, "no_points")
+            refused = _above_ceiling(points, account["balance"])
+            if refused:
+                raise refused
             entry_id = self._earn(conn, account, rule, points, event.event_id,
                                   "order.completed", event, f"Order {event.order_id}")
             return self._record(conn, record, "earned", points, entry_id)
@@ -317,7 +337,7 @@ class Ledger:
             return exc
         except IntegrityError as exc:
             if _constraint(exc) == "uq_contacts_member_id":
-                return ContactConflict("member_id is already linked to another contact")
+                return _member_conflict(exc)
             raise
         except DataError as exc:
             return InvalidPayload(f"the database refused a value: {str(exc.orig).strip()}")
@@ -358,19 +378,20 @@ class Ledger:
 
     def _orders_round(self, conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
                       results: list[EventOutcome | LoyaltyError | None]) -> None:
-        primaries = [(i, event, event.fingerprint()) for i, event in orders]
-        contact_ids = sorted({e.contact_id for _, e, _ in primaries})
+        primaries = [(i, event, *event.fingerprint_and_json()) for i, event in orders]
+        contact_ids = sorted({e.contact_id for _, e, _, _ in primaries})
         locked = {row["contact_id"]: row for row in conn.exec_driver_sql(
             _LOCK_ORDER_ACCOUNTS, {"contacts": contact_ids}).mappings()}
         # Looked up after the locks, which serialise concurrent deliveries of an event.
         seen = {row["event_id"]: row for row in conn.exec_driver_sql(
-            _SEEN_EVENTS, {"events": [e.event_id for _, e, _ in primaries]}).mappings()}
-        pairs = {(locked[e.contact_id]["id"], e.order_id) for _, e, _ in primaries
+            _SEEN_EVENTS, {"events": [e.event_id for _, e, _, _ in primaries]}).mappings()}
+        pairs = {(locked[e.contact_id]["id"], e.order_id) for _, e, _, _ in primaries
                  if e.contact_id in locked and e.event_id not in seen}
-        earned: set[tuple[UUID, str]] = set()
+        #: (account, order) that earned already -> that earn's event_id and payload.
+        earned: dict[tuple[UUID, str], tuple[str, Any]] = {}
         if pairs:
             ordered = sorted(pairs)
-            earned = {(a, o) for a, o in conn.exec_driver_sql(_EARNED_ORDERS, {
+            earned = {(a, o): (e, p) for a, o, e, p in conn.exec_driver_sql(_EARNED_ORDERS, {
                 "accounts": [a for a, _ in ordered], "orders": [o for _, o in ordered]})}
         rules = self._active_rules(conn, "order.completed") if pairs else []
 
@@ -380,7 +401,7 @@ class Ledger:
         changes: dict[UUID, int] = {}
         entries: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []
-        for i, event, fingerprint in primaries:
+        for i, event, fingerprint, payload in primaries:
             row = seen.get(event.event_id)
             if row is not None:
                 try:
@@ -394,8 +415,13 @@ class Ledger:
                     f"no loyalty account for contact_id {event.contact_id!r}")
                 continue
             account_id = account["id"]
-            outcome, points, entry_id = "duplicate_order", 0, None
-            if (account_id, event.order_id) not in earned:
+            outcome, points, entry_id, detail = "duplicate_order", 0, None, None
+            first = earned.get((account_id, event.order_id))
+            if first is not None:
+                detail = _order_change(first[0], first[1], event)
+                if detail:
+                    outcome = "duplicate_order_changed"
+            else:
                 rule = select_rule(rules, "order.completed", event.currency)
                 if rule is None:
                     results[i] = NoActiveRule(
@@ -403,9 +429,13 @@ class Ledger:
                     continue
                 points = rule.points_for(event.total)
                 outcome = "no_points"
+                refused = _above_ceiling(points, running[account_id]) if points else None
+                if refused:
+                    results[i] = refused
+                    continue
                 if points:
                     outcome, entry_id = "earned", _entry_id()
-                    earned.add((account_id, event.order_id))
+                    earned[(account_id, event.order_id)] = (event.event_id, json.loads(payload))
                     running[account_id] += points
                     revisions[account_id] += 1
                     credits[account_id] = credits.get(account_id, 0) + points
@@ -417,10 +447,13 @@ class Ledger:
             records.append({"event_id": event.event_id, "event_type": "order.completed",
                             "fingerprint": fingerprint, "contact_id": event.contact_id,
                             "account_id": account_id, "order_id": event.order_id,
-                            "outcome": outcome, "points": points, "ledger_entry_id": entry_id})
+                            "outcome": outcome, "points": points, "ledger_entry_id": entry_id,
+                            "payload": payload,
+                            "detail": json.dumps(detail) if detail else None})
             results[i] = EventOutcome(event_id=event.event_id, outcome=outcome, points=points,
                                       account_id=str(account_id),
-                                      ledger_entry_id=str(entry_id) if entry_id else None)
+                                      ledger_entry_id=str(entry_id) if entry_id else None,
+                                      detail=detail)
         if credits:
             ids = sorted(credits)
             conn.exec_driver_sql(_CREDIT_ACCOUNTS, {"ids": ids, "points": [credits[a] for a in ids],
@@ -433,10 +466,11 @@ class Ledger:
             conn.exec_driver_sql(_INSERT_PROCESSED, _columns(records, _PROCESSED_COLUMNS))
 
     def _record(self, conn: Connection, record: dict[str, Any], outcome: str, points: int = 0,
-                entry_id: UUID | None = None) -> EventOutcome:
+                entry_id: UUID | None = None, detail: dict[str, Any] | None = None
+                ) -> EventOutcome:
         conn.execute(
             processed_events.insert().values(
-                **record, outcome=outcome, points=points, ledger_entry_id=entry_id
+                **record, outcome=outcome, points=points, ledger_entry_id=entry_id, detail=detail
             )
         )
         return EventOutcome(
@@ -445,6 +479,7 @@ class Ledger:
             points=points,
             account_id=str(record["account_id"]),
             ledger_entry_id=str(entry_id) if entry_id else None,
+            detail=detail,
         )
 
     def _earn(self, conn: Connection, account: Mapping[Any, Any], rule: EarnRule, points: int,
@@ -605,7 +640,12 @@ class Ledger:
     def list_accounts(self, limit: int, cursor: str | None = None) -> dict[str, Any]:
         query = _ACCOUNT.order_by(accounts.c.id)
         if cursor:
-            query = query.where(accounts.c.id > _uuid(views.decode_cursor(cursor), "cursor"))
+            try:
+                after = UUID(views.decode_cursor(cursor))
+            except ValueError:
+                raise views.InvalidCursor(f"invalid cursor {cursor!r}: pass a next_cursor printed"
+                                          " by a list") from None
+            query = query.where(accounts.c.id > after)
         return self._page(query, limit, "id", views.account_json)
 
     def _page(self, query: Any, limit: int, key: str,
@@ -631,6 +671,31 @@ class Ledger:
         if cursor:
             query = query.where(ledger_entries.c.seq < views.decode_int_cursor(cursor))
         return self._page(query, limit, "seq", views.entry_json)
+
+    def list_events(self, *, contact_id: str | None = None, outcome: str | None = None,
+                    limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        """Processed events, newest first, by contact or by outcome."""
+        query = select(processed_events).order_by(processed_events.c.processed_at.desc(),
+                                                  processed_events.c.event_id.desc())
+        if contact_id is not None:
+            query = query.where(processed_events.c.contact_id == contact_id)
+        if outcome is not None:
+            query = query.where(processed_events.c.outcome == outcome)
+        if cursor:
+            try:
+                at, event_id = json.loads(views.decode_cursor(cursor))
+                after = (datetime.fromisoformat(at), str(event_id))
+            except (ValueError, TypeError):
+                raise views.InvalidCursor(f"invalid cursor {cursor!r}: pass a next_cursor printed"
+                                          " by a list") from None
+            query = query.where(func.row(processed_events.c.processed_at,
+                                         processed_events.c.event_id) < func.row(*after))
+        rows = self._read(lambda conn: conn.execute(query.limit(limit + 1)).mappings().all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = views.encode_cursor(json.dumps(
+            [rows[-1]["processed_at"].isoformat(), rows[-1]["event_id"]])) if more else None
+        return views.page([views.event_json(r) for r in rows], next_cursor)
 
     def totals(self) -> dict[str, Any]:
         query = select(
@@ -806,7 +871,6 @@ class Ledger:
                 again = (update(dead_letters)
                          .where(dead_letters.c.id == letter_id, dead_letters.c.status == "pending")
                          .values(attempts=dead_letters.c.attempts + 1, last_failed_at=func.now(),
-                                 reason=exc.reason, error_detail=str(exc)[:4000],
                                  replay_outcome={**report, "actor": actor}))
                 self._run(lambda conn: conn.execute(again))
             return report
@@ -879,8 +943,7 @@ class Ledger:
                     "outcomes": [json.dumps(d["outcome"]) for d in done]})
             if failed:
                 conn.exec_driver_sql(_LETTERS_FAILED_AGAIN, {
-                    "ids": [f["lid"] for f in failed], "reasons": [f["reason"] for f in failed],
-                    "details": [f["detail"] for f in failed],
+                    "ids": [f["lid"] for f in failed],
                     "outcomes": [json.dumps(f["outcome"]) for f in failed]})
             return [reports[i] for i in ids]
 
@@ -1077,6 +1140,39 @@ _VERIFY_CHECKS = {
 }
 
 
+def _above_ceiling(points: int, balance: int) -> LoyaltyError | None:
+    """Why an earn of `points` on `balance` must not happen: one ceiling for every way in."""
+    if points > MAX_EARN_POINTS:
+        return PointsAboveMaximum(
+            f"the rule gives {points} points; one event earns at most {MAX_EARN_POINTS}")
+    if balance + points > MAX_BALANCE:
+        return BalanceAboveMaximum(
+            f"{points} points would take the balance from {balance} to {balance + points},"
+            f" above the maximum of {MAX_BALANCE}")
+    return None
+
+
+def _order_change(first_event_id: str, first: Mapping[str, Any] | None,
+                  event: OrderCompletedEvent) -> dict[str, Any] | None:
+    """How a re-sent order differs from the one that earned, or None if it does not
+    (or if that one was applied before payloads were kept)."""
+    if not first or "total" not in first:
+        return None
+    if Decimal(first["total"]) == event.total and first.get("currency") == event.currency:
+        return None
+    return {"order_id": event.order_id, "earned_event_id": first_event_id,
+            "earned_total": first["total"], "earned_currency": first.get("currency"),
+            "total": format(event.total.normalize(), "f"), "currency": event.currency}
+
+
+def _member_conflict(exc: DBAPIError) -> ContactConflict:
+    """Which member_id: PostgreSQL's detail reads `Key (member_id)=(m-1) already exists.`"""
+    detail = getattr(getattr(exc.orig, "diag", None), "message_detail", None) or ""
+    found = re.search(r"=\((.*)\) already exists", detail, re.S)
+    which = f"member_id {found.group(1)!r}" if found else "member_id"
+    return ContactConflict(f"{which} is already linked to another contact")
+
+
 def _entry_id() -> UUID:
     """A UUIDv7 (RFC 9562): a millisecond timestamp, then random bits.
 
@@ -1103,6 +1199,7 @@ def _seen_outcome(row: Mapping[Any, Any], event_id: str, fingerprint: str) -> Ev
         account_id=str(row["account_id"]),
         ledger_entry_id=str(row["ledger_entry_id"]) if row["ledger_entry_id"] else None,
         duplicate=True,
+        detail=row.get("detail"),
     )
 
 
@@ -1155,10 +1252,11 @@ def _unnest_insert(table: str, columns: dict[str, str], stamp: str | None = None
 #: Which (account, order) pairs have earned already: one index probe per pair
 #: (uq_ledger_entries_one_order), where a row-value IN list is planned as a scan.
 _EARNED_ORDERS = _set_based(
-    "SELECT e.account_id, e.order_id FROM unnest(CAST(:accounts AS uuid[]),"
+    "SELECT e.account_id, e.order_id, e.event_id, pe.payload FROM unnest(CAST(:accounts AS uuid[]),"
     " CAST(:orders AS text[])) AS p(account_id, order_id)"
     " JOIN ledger_entries e ON e.account_id = p.account_id AND e.order_id = p.order_id"
-    " AND e.type = 'EARN' AND e.order_id IS NOT NULL")
+    " AND e.type = 'EARN' AND e.order_id IS NOT NULL"
+    " LEFT JOIN processed_events pe ON pe.event_id = e.event_id")
 
 # The batch path's statements are constant text with one array per list, so that
 # SQLAlchemy compiles nothing per batch (an IN list or a VALUES list of 500 rows costs
@@ -1167,7 +1265,7 @@ _LOCK_ORDER_ACCOUNTS = _set_based(
     "SELECT id, contact_id, balance, revision FROM accounts"
     " WHERE contact_id = ANY(CAST(:contacts AS text[])) ORDER BY id FOR UPDATE")
 _SEEN_EVENTS = _set_based(
-    "SELECT event_id, fingerprint, outcome, points, account_id, ledger_entry_id"
+    "SELECT event_id, fingerprint, outcome, points, account_id, ledger_entry_id, detail"
     " FROM processed_events WHERE event_id = ANY(CAST(:events AS text[]))")
 #: One UPDATE for all credited accounts; the revision counts changes, one per entry,
 #: as one by one.
@@ -1185,11 +1283,13 @@ _LETTERS_REPLAYED = _set_based(
     " replay_outcome = CAST(u.outcome AS jsonb)"
     " FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[])) AS u(id, outcome)"
     " WHERE d.id = u.id")
+#: A failed replay keeps the reason the letter was kept for (and its error detail);
+#: what the replay ran into goes in replay_outcome.
 _LETTERS_FAILED_AGAIN = _set_based(
     "UPDATE dead_letters d SET attempts = d.attempts + 1, last_failed_at = now(),"
-    " reason = u.reason, error_detail = u.detail, replay_outcome = CAST(u.outcome AS jsonb)"
-    " FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[]), CAST(:details AS text[]),"
-    " CAST(:outcomes AS text[])) AS u(id, reason, detail, outcome) WHERE d.id = u.id")
+    " replay_outcome = CAST(u.outcome AS jsonb)"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[])) AS u(id, outcome)"
+    " WHERE d.id = u.id")
 
 _ENTRY_COLUMNS = {
     "id": "uuid", "account_id": "uuid", "type": "text", "amount": "bigint",
@@ -1201,7 +1301,7 @@ _ENTRY_COLUMNS = {
 _PROCESSED_COLUMNS = {
     "event_id": "text", "event_type": "text", "fingerprint": "text", "contact_id": "text",
     "account_id": "uuid", "order_id": "text", "outcome": "text", "points": "bigint",
-    "ledger_entry_id": "uuid",
+    "ledger_entry_id": "uuid", "payload": "jsonb", "detail": "jsonb",
 }
 _INSERT_ENTRIES = _unnest_insert("ledger_entries", _ENTRY_COLUMNS)
 _INSERT_PROCESSED = _unnest_insert("processed_events", _PROCESSED_COLUMNS, "processed_at")
@@ -1237,7 +1337,7 @@ def _uuid(value: str, what: str) -> UUID:
     try:
         return UUID(value)
     except ValueError:
-        raise AccountNotFound(f"{what} {value!r} is not a UUID") from None
+        raise InvalidPayload(f"{what} {value!r} is not a UUID") from None
 
 
 def _rule(row: Mapping[Any, Any]) -> EarnRule:
@@ -1248,7 +1348,7 @@ def _rule(row: Mapping[Any, Any]) -> EarnRule:
 
 def _check_name(name: str) -> None:
     if not 1 <= len(name) <= 100:
-        raise RuleError("name must be 1 to 100 characters")
+        raise InvalidRule("name must be 1 to 100 characters")
 
 
 def _rule_conflict(exc: LedgerIntegrityError) -> RuleError:

@@ -24,7 +24,13 @@ from pydantic import ValidationError
 from loyalty.errors import InvalidPayload, PublishError
 from loyalty.settings import Settings
 from loyalty.signing import enable_signing
-from schemas.events import BULK_MAX_EVENTS, BULK_TYPES, TASKS, describe_errors
+from schemas.events import (
+    BULK_MAX_EVENTS,
+    BULK_TYPES,
+    TASKS,
+    describe_errors,
+    set_max_future_skew,
+)
 
 #: Celery's default cap on a task's argument repr.
 _REPR_MAX = 1024
@@ -39,6 +45,7 @@ class Publisher:
                  settings: Settings | None = None) -> None:
         """URLs default to the LOYALTY_* settings; so does message signing, when configured."""
         settings = settings or Settings.from_env()
+        set_max_future_skew(settings.max_future_skew)
         self.app = Celery("loyalty-producer", broker=broker_url or settings.broker_url,
                           backend=result_backend or settings.result_backend,
                           set_as_current=False)
@@ -163,9 +170,16 @@ class Publisher:
         return self._sent("loyalty.events.order_completed", payload)
 
     def adjust_points(self, **payload: Any) -> AsyncResult:
+        """Publish an adjustment; the result's `request_id` is the idempotency key.
+
+        The AsyncResult's own `id` is Celery's message id: to read the first result again
+        after a timeout, repeat with `request_id=result.request_id`, not with that id.
+        """
         payload = {k: v for k, v in payload.items() if v is not None}
         payload.setdefault("request_id", str(uuid.uuid4()))
-        return self.send("loyalty.accounts.adjust_points", payload)
+        result = self.send("loyalty.accounts.adjust_points", payload)
+        result.request_id = payload["request_id"]
+        return result
 
     def _sent(self, task_name: str, payload: dict[str, Any]) -> dict[str, Any]:
         message = self.send(task_name, payload)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Literal
 
-from loyalty.errors import RuleError
+from loyalty.errors import InvalidRule, RuleError
 
 Trigger = Literal["signup", "order.completed"]
 Kind = Literal["fixed", "conversion"]
@@ -20,6 +20,9 @@ TRIGGERS: tuple[str, ...] = ("signup", "order.completed")
 KINDS: tuple[str, ...] = ("fixed", "conversion")
 STATUSES: tuple[str, ...] = ("ACTIVE", "PAUSED")
 MAX_RULE_POINTS = 1_000_000_000
+#: Points one event may earn at most (Wix's earnPoints limit), and a balance at most.
+MAX_EARN_POINTS = 9_999_999
+MAX_BALANCE = 999_999_999
 MAX_MONEY = Decimal("99999999999999.9999")
 
 
@@ -65,25 +68,28 @@ def validate_rule(
 ) -> None:
     """Reject what the database CHECKs would reject, with a message a person can act on."""
     if trigger not in TRIGGERS:
-        raise RuleError(f"trigger must be one of {', '.join(TRIGGERS)}")
+        raise InvalidRule(f"trigger must be one of {', '.join(TRIGGERS)}")
     if kind not in KINDS:
-        raise RuleError(f"kind must be one of {', '.join(KINDS)}")
+        raise InvalidRule(f"kind must be one of {', '.join(KINDS)}")
     if status not in STATUSES:
-        raise RuleError(f"status must be one of {', '.join(STATUSES)}")
+        raise InvalidRule(f"status must be one of {', '.join(STATUSES)}")
     if not 0 < points <= MAX_RULE_POINTS:
-        raise RuleError(f"points must be between 1 and {MAX_RULE_POINTS}")
+        raise InvalidRule(f"points must be between 1 and {MAX_RULE_POINTS}")
+    if kind == "fixed" and points > MAX_EARN_POINTS:
+        raise InvalidRule(f"a fixed rule gives at most {MAX_EARN_POINTS} points: one event"
+                          " earns no more")
     if kind == "fixed" and money_amount is not None:
-        raise RuleError("a fixed rule takes no money amount")
+        raise InvalidRule("a fixed rule takes no money amount")
     if kind == "conversion":
         if money_amount is None or not money_amount.is_finite() or money_amount <= 0:
-            raise RuleError("a conversion rule needs a money amount M above 0, as in P points per"
+            raise InvalidRule("a conversion rule needs a money amount M above 0, as in P points per"
                             " M money units (--per on the command line)")
         if money_amount > MAX_MONEY or money_amount.as_tuple().exponent < -4:  # type: ignore[operator]
-            raise RuleError("the money amount allows at most 14 digits and 4 decimals")
+            raise InvalidRule("the money amount allows at most 14 digits and 4 decimals")
     if trigger == "signup" and (kind != "fixed" or currency is not None):
-        raise RuleError("a signup rule is a fixed amount with no currency")
+        raise InvalidRule("a signup rule is a fixed amount with no currency")
     if currency is not None and not (len(currency) == 3 and currency.isascii() and currency.isupper()):
-        raise RuleError("currency must be an ISO 4217 code such as USD")
+        raise InvalidRule("currency must be an ISO 4217 code such as USD")
 
 
 def select_rule(rules: list[EarnRule], trigger: str, currency: str | None) -> EarnRule | None:

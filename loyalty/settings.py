@@ -62,6 +62,9 @@ class Settings:
     poison_deliveries: int = 3
     #: Seconds that adjust_points results are kept in the result backend.
     result_expires: int = 86400
+    #: How far in the future an event's occurred_at may be, in seconds (clock skew);
+    #: later ones are dead-lettered as invalid_payload. Earlier than 2000-01-01 always is.
+    max_future_skew: int = 86400
     #: Connections per worker process.
     db_pool_size: int = 5
     #: Largest message body the worker reads, in bytes. A larger one is kept as a
@@ -131,7 +134,7 @@ class Settings:
         for name in ("task_time_limit", "prefetch_multiplier", "db_pool_size", "result_expires"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
-        for name in ("max_retries", "not_found_retries"):
+        for name in ("max_retries", "not_found_retries", "max_future_skew"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must not be negative")
         if not 1 <= self.batch_size <= 5000:

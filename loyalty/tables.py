@@ -84,6 +84,7 @@ accounts = Table(
     CheckConstraint("balance = earned + adjusted - redeemed - expired", name="balance_adds_up"),
     CheckConstraint("revision >= 1", name="revision_positive"),
     CheckConstraint("id::text <> contact_id", name="id_is_not_contact_id"),
+    CheckConstraint("balance <= 999999999", name="balance_at_most_max"),
 )
 
 earn_rules = Table(
@@ -161,6 +162,8 @@ ledger_entries = Table(
         name="amount_sign",
     ),
     CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
+    CheckConstraint("balance_after <= 999999999", name="balance_after_at_most_max"),
+    CheckConstraint("type <> 'EARN' OR amount <= 9999999", name="earn_at_most_max"),
     CheckConstraint("char_length(description) <= 256", name="description_length"),
     CheckConstraint(
         "type <> 'EARN' OR (event_type IS NOT NULL AND event_id IS NOT NULL"
@@ -217,9 +220,14 @@ processed_events = Table(
     Column("points", BigInteger, nullable=False, server_default="0"),
     Column("ledger_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"), nullable=True),
     _ts("processed_at"),
+    #: The event as accepted (normalised), for `loyalty events list`; NULL before 0006.
+    Column("payload", JSONB, nullable=True),
+    #: What an outcome needs said: both totals of a `duplicate_order_changed`.
+    Column("detail", JSONB, nullable=True),
     _id_len("event_id"),
     CheckConstraint(
-        "outcome IN ('earned', 'duplicate_order', 'already_signed_up', 'no_points', 'no_rule')",
+        "outcome IN ('earned', 'duplicate_order', 'duplicate_order_changed', 'already_signed_up',"
+        " 'no_points', 'no_rule')",
         name="outcome_known",
     ),
     CheckConstraint("(outcome = 'earned') = (ledger_entry_id IS NOT NULL AND points > 0)",

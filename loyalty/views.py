@@ -112,6 +112,23 @@ def dead_letter_json(row: Mapping[Any, Any]) -> dict[str, Any]:
     }
 
 
+def event_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A processed event: what the worker did with it, and the event as it was accepted."""
+    return {
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "contact_id": row["contact_id"],
+        "account_id": str(row["account_id"]),
+        "order_id": row["order_id"],
+        "outcome": row["outcome"],
+        "points": row["points"],
+        "ledger_entry_id": str(row["ledger_entry_id"]) if row["ledger_entry_id"] else None,
+        "detail": row["detail"],
+        "payload": row["payload"],
+        "processed_at": _ts(row["processed_at"]),
+    }
+
+
 def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
     return {"items": items, "next_cursor": next_cursor}
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Self, TypeVar
 from uuid import UUID
@@ -74,6 +74,28 @@ def _parse_timestamp(value: object) -> datetime:
         raise ValueError(f"not a valid date or time: {exc}") from None
 
 
+#: Earliest sane `occurred_at`: no shop event predates this.
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+#: How far in the future an `occurred_at` may be (clock skew): LOYALTY_MAX_FUTURE_SKEW.
+_max_future_skew = timedelta(days=1)
+
+
+def set_max_future_skew(seconds: float) -> None:
+    """Set by the worker and the producer helper from LOYALTY_MAX_FUTURE_SKEW."""
+    global _max_future_skew
+    _max_future_skew = timedelta(seconds=seconds)
+
+
+def _sane_time(value: datetime) -> datetime:
+    if value < EARLIEST_OCCURRED_AT:
+        raise ValueError(f"must not be before {EARLIEST_OCCURRED_AT.date().isoformat()}")
+    latest = datetime.now(UTC) + _max_future_skew
+    if value > latest:
+        raise ValueError(f"must not be more than {_max_future_skew.total_seconds():g} seconds in"
+                         " the future (LOYALTY_MAX_FUTURE_SKEW)")
+    return value
+
+
 def _parse_total(value: object) -> Decimal:
     if not isinstance(value, str) or not DECIMAL.match(value):
         raise ValueError(
@@ -88,6 +110,25 @@ def _check_currency(value: str) -> str:
     return value
 
 
+EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+$")
+
+
+def _check_email(value: str) -> str:
+    if not EMAIL.match(value):
+        raise ValueError("must be an email address: one @ with text on both sides and no"
+                         " spaces, e.g. alice@example.com")
+    return value
+
+
+#: Checked by a function, not a Field pattern, so the error says what is expected
+#: instead of quoting the regular expression.
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=320),
+    AfterValidator(_check_email),
+    WithJsonSchema({"type": "string", "minLength": 3, "maxLength": 320,
+                    "pattern": EMAIL.pattern}),
+]
 Timestamp = Annotated[
     datetime,
     BeforeValidator(_parse_timestamp),
@@ -95,6 +136,8 @@ Timestamp = Annotated[
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339.pattern,
                     "description": "RFC 3339 timestamp with a time zone"}),
 ]
+#: An event's own time: a Timestamp within sane bounds.
+OccurredAt = Annotated[Timestamp, AfterValidator(_sane_time)]
 Total = Annotated[
     Decimal,
     BeforeValidator(_parse_total),
@@ -119,8 +162,12 @@ class Contract(BaseModel):
         Normalised, so "2026-01-01T00:00:00Z" and "...+00:00", or "49.9" and "49.90",
         count as the same event rather than as a conflict.
         """
+        return self.fingerprint_and_json()[0]
+
+    def fingerprint_and_json(self) -> tuple[str, str]:
+        """The fingerprint and the normalised payload it hashes, as JSON text (stored as is)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(canonical.encode()).hexdigest(), canonical
 
 
 class SignupEvent(Contract):
@@ -131,10 +178,9 @@ class SignupEvent(Contract):
     event_id: Id
     contact_id: Id
     member_id: Id | None = None
-    email: Annotated[str, Field(min_length=3, max_length=320,
-                                pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")] | None = None
+    email: Email | None = None
     name: Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)] | None = None
-    occurred_at: Timestamp
+    occurred_at: OccurredAt
 
 
 class OrderCompletedEvent(Contract):
@@ -147,7 +193,7 @@ class OrderCompletedEvent(Contract):
     order_id: Id
     total: Total
     currency: Currency
-    occurred_at: Timestamp
+    occurred_at: OccurredAt
 
 
 class AdjustPointsRequest(Contract):
@@ -271,8 +317,19 @@ def describe_errors(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "payload"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "string_pattern_mismatch":
+            # Say what is expected, not the regular expression.
+            message = ("must not contain NUL characters"
+                       if (error.get("ctx") or {}).get("pattern") == NO_NUL
+                       else "does not have the expected format")
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
+
+
+def unknown_bulk_type(kind: object) -> str:
+    """The error of a bulk item whose type no task takes."""
+    return (f"type: unknown event type {kind!r}; known: {', '.join(sorted(BULK_TYPES))}")
 
 
 def json_schema(model: type[Contract]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from loyalty.errors import LoyaltyError
 from loyalty.ledger import Ledger
 from loyalty.settings import Settings
 from loyalty.signing import enable_signing
+from schemas.events import set_max_future_skew
 from worker import logging as loyalty_logging
 from worker.config import celery_config
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Celery:
                  task_cls=LoyaltyTask)
     app.conf.update(celery_config(settings))
     app.conf.loyalty_settings = settings
+    set_max_future_skew(settings.max_future_skew)
     if settings.signing:
         enable_signing(app, key=settings.security_key,
                        certificate=settings.security_certificate,

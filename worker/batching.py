@@ -44,6 +44,7 @@ from schemas.events import (
     PayloadError,
     SignupEvent,
     parse_task_args,
+    unknown_bulk_type,
 )
 from worker import raw_letters
 from worker.app import ledger, settings
@@ -70,6 +71,8 @@ class Event:
     retries: int
     delivery_info: dict[str, Any]
     parsed: SignupEvent | OrderCompletedEvent | None = None
+    #: Why the event cannot even be parsed (a bulk item of an unknown type).
+    error: str | None = None
 
 
 def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> list[str]:
@@ -83,24 +86,32 @@ def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> l
     later, and only a failure of the whole transaction requeues the batch.
     """
     verdicts = [ACK] * len(items)
+    #: What happened to the batch's events, for its log line: each lands in one count.
+    counts = dict.fromkeys(("applied", "duplicates", "dead_lettered", "retried", "requeued"), 0)
     events: list[Event] = []
     for index, item in enumerate(items):
         try:
             events += _expand(index, item)
         except InvalidPayload as exc:
-            _dead_letter(Event(index, item["task"], item["id"], None, item["retries"],
-                               item["delivery_info"]), "invalid_payload", str(exc),
-                         body=json.dumps([item["args"], item["kwargs"], {}], default=repr),
-                         verdicts=verdicts)
+            counts[_dead_letter(Event(index, item["task"], item["id"], None, item["retries"],
+                                      item["delivery_info"]), "invalid_payload", str(exc),
+                                body=json.dumps([item["args"], item["kwargs"], {}], default=repr),
+                                verdicts=verdicts)] += 1
     valid = []
     for event in events:
+        if event.error is not None:
+            counts[_dead_letter(event, "invalid_payload", event.error, verdicts=verdicts)] += 1
+            continue
         try:
             model = TASKS[event.task][1]
             event.parsed = parse_task_args(model, [event.payload], {})  # type: ignore[assignment]
             valid.append(event)
         except PayloadError as exc:
-            _dead_letter(event, "invalid_payload", str(exc), verdicts=verdicts)
+            counts[_dead_letter(event, "invalid_payload", str(exc), verdicts=verdicts)] += 1
     if not valid:
+        if events or items:
+            log.info("batch applied", extra={"messages": len(items), "events": len(events),
+                                              **counts})
         return verdicts
     started = time.perf_counter()
     waited = round((time.time() - taken_at) * 1000, 1) if taken_at else None
@@ -117,22 +128,26 @@ def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> l
         log.error("batch refused, applying its events one by one", exc_info=True,
                   extra={"events": len(valid), "error": str(exc)})
         results = [_alone(event) for event in valid]
-    applied = 0
     for event, result in zip(valid, results, strict=True):
         if result is None:
             verdicts[event.message] = REQUEUE
+            counts["requeued"] += 1
         elif isinstance(result, EventOutcome):
-            applied += 1
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("processed", extra={"task": event.task, "task_id": event.message_id,
-                                              "result": result.as_dict()})
+            counts["duplicates" if result.duplicate else "applied"] += 1
+            if result.outcome == "duplicate_order_changed" and not result.duplicate:
+                log.warning("order re-sent with another total", extra={
+                    "task": event.task, "task_id": event.message_id, **result.as_dict()})
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("duplicate" if result.duplicate else "applied", extra={
+                    "task": event.task, "task_id": event.message_id, **result.as_dict()})
         elif isinstance(result, AccountNotFound):
-            _retry_later(event, result, verdicts)
+            counts[_retry_later(event, result, verdicts)] += 1
         else:
-            _dead_letter(event, result.reason, str(result), verdicts=verdicts)
+            counts[_dead_letter(event, result.reason, str(result), verdicts=verdicts)] += 1
+    # `applied`: events that took effect now (an EARN, or an outcome such as
+    # no_points recorded for the first time); `duplicates` changed nothing.
     log.info("batch applied", extra={
-        "messages": len(items), "events": len(events), "applied": applied,
-        "failed": len(events) - applied, "waited_ms": waited,
+        "messages": len(items), "events": len(events), **counts, "waited_ms": waited,
         "ms": round((time.perf_counter() - started) * 1000, 1)})
     return verdicts
 
@@ -166,16 +181,19 @@ def _expand(index: int, item: dict[str, Any]) -> list[Event]:
         raise InvalidPayload(str(exc)) from None
     return [Event(index, BULK_TYPES.get(entry.type, BULK_TASK), f"{item['id']}#{n}",
                   entry.payload if entry.type in BULK_TYPES else entry.model_dump(),
-                  item["retries"], item["delivery_info"])
+                  item["retries"], item["delivery_info"],
+                  error=None if entry.type in BULK_TYPES else unknown_bulk_type(entry.type))
             for n, entry in enumerate(bulk.events)]
 
 
-def _retry_later(event: Event, exc: LoyaltyError, verdicts: list[str]) -> None:
-    """Publish the event again, alone and due later: its signup may still be in flight."""
+def _retry_later(event: Event, exc: LoyaltyError, verdicts: list[str]) -> str:
+    """Publish the event again, alone and due later: its signup may still be in flight.
+
+    Returns what happened to it: "retried", "dead_lettered" or "requeued".
+    """
     s = settings()
     if not should_retry(event.retries, s.not_found_retries):
-        _dead_letter(event, exc.reason, str(exc), verdicts=verdicts)
-        return
+        return _dead_letter(event, exc.reason, str(exc), verdicts=verdicts)
     delay = backoff_seconds(event.retries, cap=s.retry_backoff_max, base=s.not_found_backoff)
     try:
         # Briefly: a batch that blocks on a broker that is down would outlive its soft
@@ -189,14 +207,26 @@ def _retry_later(event: Event, exc: LoyaltyError, verdicts: list[str]) -> None:
         log.error("cannot publish a retry, requeueing", extra={"task_id": event.message_id,
                                                                "error": str(err)})
         verdicts[event.message] = REQUEUE
-        return
+        return "requeued"
     log.warning("not applied yet, retrying", extra={
-        "task": event.task, "task_id": event.message_id, "retries": event.retries,
-        "delay_s": delay, "error": str(exc)})
+        "task": event.task, "task_id": event.message_id, **_about(event.payload),
+        "reason": exc.reason, "retries": event.retries, "delay_s": round(delay, 3),
+        "error": str(exc)})
+    return "retried"
+
+
+def _about(payload: Any) -> dict[str, Any]:
+    """Which event and whose, for a log line, from a payload that may not be valid."""
+    if not isinstance(payload, dict):
+        return {}
+    return {k: payload[k] for k in ("event_id", "contact_id", "order_id")
+            if isinstance(payload.get(k), str)}
 
 
 def _dead_letter(event: Event, reason: str, detail: str, *, verdicts: list[str],
-                 body: str | None = None) -> None:
+                 body: str | None = None) -> str:
+    """Keep the event as a dead letter; returns "dead_lettered", or "requeued" if the
+    store is down."""
     headers = {"content_type": "application/json", "retries": event.retries,
                "delivery_info": event.delivery_info}
     if body is None:
@@ -209,10 +239,11 @@ def _dead_letter(event: Event, reason: str, detail: str, *, verdicts: list[str],
         log.error("cannot dead-letter yet, requeueing", extra={"task_id": event.message_id,
                                                                "error": str(exc)})
         verdicts[event.message] = REQUEUE
-        return
+        return "requeued"
     log.warning("dead-lettered", extra={"task": event.task, "task_id": event.message_id,
-                                         "reason": reason, "detail": detail,
-                                         "dead_letter_id": letter_id})
+                                         **_about(event.payload), "reason": reason,
+                                         "detail": detail, "dead_letter_id": letter_id})
+    return "dead_lettered"
 
 
 def _app() -> Celery:

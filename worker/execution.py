@@ -60,15 +60,51 @@ def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
         log.exception("unexpected failure", extra={"task": task.name, "task_id": task.request.id})
         return dead_letter(task, args, kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
     payload = result.as_dict() if hasattr(result, "as_dict") else result
-    log.info("processed", extra={"task": task.name, "task_id": task.request.id, "result": payload})
+    _log_outcome(task, payload)
     return payload
+
+
+def _log_outcome(task: Task, payload: Any) -> None:
+    """One line that says what happened, with the facts and not whole documents."""
+    where = {"task": task.name, "task_id": task.request.id}
+    if not isinstance(payload, dict):
+        log.info("processed", extra=where)
+    elif "outcome" in payload:  # an event
+        if payload.get("outcome") == "duplicate_order_changed" and not payload.get("duplicate"):
+            log.warning("order re-sent with another total", extra={**where, **payload})
+        else:
+            log.info("duplicate" if payload.get("duplicate") else "applied",
+                     extra={**where, **payload})
+    elif "status" in payload and "account" in payload:  # an adjustment
+        account = payload.get("account") or {}
+        log.info(f"adjustment {payload['status']}", extra={
+            **where, "status": payload["status"], "reason": payload.get("reason"),
+            "transaction_id": payload.get("transaction_id"), "account_id": account.get("id"),
+            "contact_id": account.get("contact_id"),
+            "balance": (account.get("points") or {}).get("balance"),
+            "revision": account.get("revision")})
+    elif "summary" in payload:  # a replay
+        log.info("replay done", extra={**where, "dry_run": payload.get("dry_run"),
+                                       **{f"replay_{k}": v for k, v in payload["summary"].items()}})
+    else:
+        log.info("processed", extra=where)
 
 
 def retry(task: Task, exc: BaseException, delay: float) -> Any:
     log.warning("not applied yet, retrying", extra={
-        "task": task.name, "task_id": task.request.id, "retries": task.request.retries,
-        "delay_s": delay, "error": str(exc)})
+        "task": task.name, "task_id": task.request.id, **_about(task.request.args),
+        "reason": getattr(exc, "reason", type(exc).__name__), "retries": task.request.retries,
+        "delay_s": round(delay, 3), "error": str(exc)})
     raise task.retry(countdown=delay, max_retries=None)
+
+
+def _about(args: Any) -> dict[str, Any]:
+    """Which event or request and whose, for a log line, from arguments that may be invalid."""
+    payload = args[0] if isinstance(args, list | tuple) and len(args) == 1 else None
+    if not isinstance(payload, dict):
+        return {}
+    return {k: payload[k] for k in ("event_id", "request_id", "contact_id", "order_id")
+            if isinstance(payload.get(k), str)}
 
 
 def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str,
@@ -92,7 +128,7 @@ def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reaso
         return retry(task, exc, backoff_seconds(request.retries or 0,
                                                 cap=settings().retry_backoff_max))
     log.warning("dead-lettered", extra={"task": task.name, "task_id": request.id,
-                                         "reason": reason, "detail": detail,
+                                         **_about(args), "reason": reason, "detail": detail,
                                          "dead_letter_id": letter_id})
     return {"status": "dead_lettered", "reason": reason, "detail": detail,
             "dead_letter_id": letter_id}

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from loyalty.errors import TransientError
+from schemas.events import TASKS
 from worker.app import ledger
 
 log = logging.getLogger("loyalty.deadletters")
@@ -82,6 +83,13 @@ def store(message: Any, reason: str, detail: str, task_name: str | None = None,
     message_id = headers.get("id") or (envelope["properties"].get("correlation_id"))
     task = str(name) if name is not None else None
     message = str(message_id) if message_id is not None else None
+    if detail == reason == "malformed_message":
+        # Celery found no task name in it: say so rather than repeat the reason code.
+        detail = "not a Celery task message: its headers name no task"
+    if reason == "unknown_task":
+        # Celery reports it as `KeyError: 'name'`; say it in the product's words.
+        detail = (f"no task named {task!r}; the worker runs "
+                  f"{', '.join(sorted(TASKS))}")
     try:
         letter_id = ledger().add_dead_letter(task_name=task, message_id=message, payload=payload,
                                              headers=envelope, reason=reason, error_detail=detail)

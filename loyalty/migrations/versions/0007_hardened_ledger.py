@@ -15,7 +15,7 @@ closed event types, earn rules kept as history.
   order total and currency, so `loyalty verify` can recompute each EARN.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006_defects
 """
 
 import importlib.util
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006_defects"
 branch_labels = None
 depends_on = None
 
