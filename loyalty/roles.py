@@ -60,24 +60,32 @@ def create_roles(bootstrap_url: str, owner_url: str, app_url: str) -> list[str]:
                           isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
+            myself = conn.execute(text("SELECT current_user")).scalar_one()
             for url, what in ((owner, "owner"), (app, "application")):
                 assert url.username is not None
                 role = _ident(conn, url.username)
-                exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :n"),
-                                      {"n": url.username}).first()
+                found = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = :n"),
+                                     {"n": url.username}).first()
+                if url.username == myself or (found is not None and found.rolsuper):
+                    # It would be stripped of its superuser rights below.
+                    raise SettingsError(f"the {what} role {url.username!r} is a superuser; "
+                                        "give the owner and the application roles of their own")
+                exists = found is not None
                 verb = "ALTER" if exists else "CREATE"
                 options = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
                 conn.execute(text(f"{verb} ROLE {role} {options}"))
                 if url.password:
-                    # Sent as a literal: ALTER ROLE takes no bind parameters.
-                    literal = url.password.replace("'", "''")
-                    conn.execute(text(f"ALTER ROLE {role} PASSWORD '{literal}'"))
+                    # ALTER ROLE takes no bind parameters: the server quotes the literal.
+                    statement = conn.execute(text("SELECT format('ALTER ROLE %I PASSWORD %L',"
+                                                  " CAST(:n AS text), CAST(:p AS text))"),
+                                             {"n": url.username, "p": url.password}).scalar_one()
+                    conn.execute(text(statement))
                 done.append(f"{'updated' if exists else 'created'} {what} role {url.username}")
             database = owner.database
             if not database:
                 raise SettingsError("LOYALTY_OWNER_DATABASE_URL names no database")
             exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                                  {"n": database}).first()
+                                  {"n": database}).first() is not None
             db_ident, owner_ident = _ident(conn, database), _ident(conn, owner.username or "")
             if not exists:
                 conn.execute(text(f"CREATE DATABASE {db_ident} OWNER {owner_ident}"))

@@ -10,6 +10,7 @@ import pytest
 from loyalty import db
 from tests.conftest import drop_database, fresh_database, owner_url, superuser_url
 from tests.e2e.conftest import Env
+from tests.e2e.streams import sql
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +143,15 @@ def test_db_create_roles_then_upgrade_as_a_new_user_would(env: Env, template_db:
         assert env.cli_json("verify")["ok"] is True
     finally:
         drop_database(target)
+
+
+def test_db_create_roles_refuses_to_demote_a_superuser(env: Env) -> None:
+    """Naming the superuser as the owner must not strip it of its rights."""
+    env.vars["LOYALTY_OWNER_DATABASE_URL"] = env.vars["LOYALTY_BOOTSTRAP_DATABASE_URL"]
+    done = env.cli("db", "create-roles", check=False)
+    assert done.returncode == 1
+    assert "is a superuser; give the owner and the application roles of their own" in done.stderr
+    still = sql(env, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    assert still == [(False,)]  # the test's own connection is the application role
+    admin = env.vars["LOYALTY_BOOTSTRAP_DATABASE_URL"].split("//", 1)[1].split("@", 1)[0]
+    assert sql(env, "SELECT rolsuper FROM pg_roles WHERE rolname = %s", admin) == [(True,)]
