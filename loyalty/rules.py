@@ -7,7 +7,7 @@ and, after floor(), cost a customer a point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal
 from typing import Literal
 
 from loyalty.errors import InvalidRule, RuleError
@@ -24,6 +24,8 @@ MAX_RULE_POINTS = 1_000_000_000
 MAX_EARN_POINTS = 9_999_999
 MAX_BALANCE = 999_999_999
 MAX_MONEY = Decimal("99999999999999.9999")
+#: Enough digits that a total (18) times a rule's points (10) is never rounded.
+_EXACT = Context(prec=80)
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,7 @@ def compute_points(kind: str, points: int, money_amount: Decimal | None, total: 
         raise RuleError("a conversion rule needs a non-negative finite order total")
     # Exact: integer division of exact products (all positive, so truncation is floor),
     # as PostgreSQL's div() computes it when `loyalty verify` checks an EARN again.
-    with localcontext() as exact:
-        exact.prec = 80
-        return int((total * points) // money_amount)
+    return int(_EXACT.divide_int(_EXACT.multiply(total, points), money_amount))
 
 
 def validate_rule(

@@ -79,3 +79,17 @@ def test_validate_rule_accepts_defaults() -> None:
     validate_rule(trigger="signup", kind="fixed", points=100, money_amount=None, currency=None)
     validate_rule(trigger="order.completed", kind="conversion", points=1,
                   money_amount=Decimal("1.00"), currency="USD")
+
+
+def test_conversion_floors_a_quotient_just_below_one() -> None:
+    """total / money is 0.99999999999999999999...: binary floating point, or too few
+    digits, would make it 1 and pay a point that `verify` (PostgreSQL's exact div()) says
+    is not owed."""
+    from decimal import Decimal
+
+    from loyalty.rules import compute_points
+
+    assert compute_points("conversion", 1, Decimal("99999999999999.9999"),
+                          Decimal("99999999999999.9998")) == 0
+    assert compute_points("conversion", 1, Decimal("99999999999999.9999"),
+                          Decimal("99999999999999.9999")) == 1
