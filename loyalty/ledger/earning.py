@@ -1,10 +1,12 @@
-"""Earning: events turned into EARN entries, set-based, many events per transaction.
+"""Earning: events turned into EARN entries, by one set-based implementation.
 
-`apply_events` applies a batch with the effect of applying its events in order:
-signups one by one (which contact gets a contested member_id depends on the
-order), then orders in rounds, their accounts locked in id order (so concurrent
-batches never deadlock each other), one multi-row INSERT per table and one
-UPDATE for all accounts.
+A single event is a batch of one (`apply_one`). `apply_events` applies a batch
+with the effect of applying its events in order: signups one by one, each in a
+savepoint (which contact gets a contested member_id depends on the order), then
+orders in rounds, their accounts locked in id order (so concurrent batches never
+deadlock each other). Whatever earns, `_Writes` writes: one UPDATE for the
+accounts, then one multi-row INSERT for the entries and one for the processed
+events, so every entry carries its account revision and what it was computed from.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from loyalty.errors import AccountNotFound, IdempotencyConflict, LoyaltyError, NoActiveRule
@@ -32,7 +34,7 @@ from loyalty.ledger.entries import (
     seen_outcome,
 )
 from loyalty.rules import EarnRule, select_rule
-from loyalty.tables import accounts, contacts, ledger_entries, processed_events
+from loyalty.tables import accounts, contacts, ledger_entries
 from schemas.events import OrderCompletedEvent, SignupEvent
 
 Event = SignupEvent | OrderCompletedEvent
@@ -40,11 +42,19 @@ Result = EventOutcome | LoyaltyError
 
 
 def apply_signup(engine: Engine, event: SignupEvent) -> EventOutcome:
-    return run(engine, signup_work(event))
+    return apply_one(engine, event)
 
 
 def apply_order(engine: Engine, event: OrderCompletedEvent) -> EventOutcome:
-    return run(engine, _order_work(event))
+    return apply_one(engine, event)
+
+
+def apply_one(engine: Engine, event: Event) -> EventOutcome:
+    """One event is a batch of one: its error is raised instead of returned."""
+    result = apply_events(engine, [event])[0]
+    if isinstance(result, LoyaltyError):
+        raise result
+    return result
 
 
 def apply_events(engine: Engine, events: Sequence[Event]) -> list[Result]:
@@ -74,12 +84,13 @@ def events_work(conn: Connection, events: Sequence[Event]) -> list[Result]:
 
 
 def signup_work(event: SignupEvent) -> Callable[[Connection], EventOutcome]:
+    """One signup: its contact and account, and the signup bonus if a rule gives one."""
     fingerprint, payload = event.fingerprint_and_json()
 
     def work(conn: Connection) -> EventOutcome:
-        seen = _seen_event(conn, event.event_id, fingerprint)
+        seen = _seen(conn, [event.event_id]).get(event.event_id)
         if seen:
-            return seen
+            return seen_outcome(seen, event.event_id, fingerprint)
         ins = pg_insert(contacts).values(
             contact_id=event.contact_id,
             member_id=event.member_id,
@@ -108,12 +119,11 @@ def signup_work(event: SignupEvent) -> Callable[[Connection], EventOutcome]:
         )
         account = lock_account(conn, contact_id=event.contact_id)
         assert account is not None
-        seen = _seen_event(conn, event.event_id, fingerprint)
+        # Again after the lock, which serialises concurrent deliveries of this signup.
+        seen = _seen(conn, [event.event_id]).get(event.event_id)
         if seen:
-            return seen
-        record = {"event_id": event.event_id, "event_type": "signup",
-                  "fingerprint": fingerprint, "contact_id": event.contact_id,
-                  "account_id": account["id"], "payload": json.loads(payload)}
+            return seen_outcome(seen, event.event_id, fingerprint)
+        writes = _Writes()
         already = conn.execute(
             select(ledger_entries.c.id).where(
                 ledger_entries.c.account_id == account["id"],
@@ -121,75 +131,24 @@ def signup_work(event: SignupEvent) -> Callable[[Connection], EventOutcome]:
                 ledger_entries.c.event_type == "signup",
             )
         ).first()
-        if already:
-            return _record(conn, record, "already_signed_up")
-        rule = select_rule(active_rules(conn, "signup"), "signup", None)
-        if rule is None:
-            # The contact and account are real even while the signup bonus is paused.
-            return _record(conn, record, "no_rule")
-        refused = above_ceiling(rule.points_for(), account["balance"])
-        if refused:
-            raise refused
-        entry = _earn(conn, account, rule, rule.points_for(), event.event_id,
-                      "signup", None, rule.name)
-        return _record(conn, record, "earned", rule.points_for(), entry)
+        rule = None if already else select_rule(active_rules(conn, "signup"), "signup", None)
+        outcome, points, entry = "already_signed_up" if already else "no_rule", 0, None
+        # No rule: the contact and account are real even while the signup bonus is paused.
+        if rule is not None:
+            points = rule.points_for()
+            refused = above_ceiling(points, account["balance"])
+            if refused:
+                raise refused
+            outcome = "earned"
+            entry = writes.earn(account["id"], account["balance"] + points,
+                                account["revision"] + 1, rule, points, event.event_id,
+                                "signup", None, rule.name)
+        result = writes.record(event.event_id, "signup", fingerprint, event.contact_id,
+                               account["id"], None, outcome, points, entry, payload, None)
+        writes.write(conn)
+        return result
 
     return work
-
-
-def _order_work(event: OrderCompletedEvent) -> Callable[[Connection], EventOutcome]:
-    fingerprint, payload = event.fingerprint_and_json()
-
-    def work(conn: Connection) -> EventOutcome:
-        # Looked up once, after the account lock that serialises deliveries of this event.
-        account = lock_account(conn, contact_id=event.contact_id)
-        seen = _seen_event(conn, event.event_id, fingerprint)
-        if seen:
-            return seen
-        if account is None:
-            raise AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
-        record = {"event_id": event.event_id, "event_type": "order.completed",
-                  "fingerprint": fingerprint, "contact_id": event.contact_id,
-                  "account_id": account["id"], "order_id": event.order_id,
-                  "payload": json.loads(payload)}
-        earned_before = conn.execute(
-            select(ledger_entries.c.event_id, processed_events.c.payload)
-            .select_from(ledger_entries.outerjoin(
-                processed_events, processed_events.c.event_id == ledger_entries.c.event_id))
-            .where(
-                ledger_entries.c.account_id == account["id"],
-                ledger_entries.c.type == "EARN",
-                ledger_entries.c.order_id == event.order_id,
-            )
-        ).first()
-        if earned_before:
-            detail = order_change(earned_before.event_id, earned_before.payload, event)
-            return _record(conn, record, "duplicate_order_changed" if detail
-                           else "duplicate_order", detail=detail)
-        rule = select_rule(active_rules(conn, "order.completed"), "order.completed",
-                           event.currency)
-        if rule is None:
-            raise NoActiveRule(f"no active order.completed rule for currency {event.currency}")
-        points = rule.points_for(event.total)
-        if points == 0:
-            return _record(conn, record, "no_points")
-        refused = above_ceiling(points, account["balance"])
-        if refused:
-            raise refused
-        entry = _earn(conn, account, rule, points, event.event_id,
-                      "order.completed", event, f"Order {event.order_id}")
-        return _record(conn, record, "earned", points, entry)
-
-    return work
-
-
-def _seen_event(conn: Connection, event_id: str, fingerprint: str) -> EventOutcome | None:
-    row = conn.execute(
-        select(processed_events).where(processed_events.c.event_id == event_id)
-    ).mappings().first()
-    if row is None:
-        return None
-    return seen_outcome(row, event_id, fingerprint)
 
 
 def _orders(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
@@ -229,13 +188,13 @@ def _orders(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
 
 def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
                   results: list[Result | None]) -> None:
+    """One occurrence of each event_id: locks, reads, then one statement per table."""
     primaries = [(i, event, *event.fingerprint_and_json()) for i, event in orders]
     contact_ids = sorted({e.contact_id for _, e, _, _ in primaries})
     locked = {row["contact_id"]: row for row in conn.exec_driver_sql(
         sql.LOCK_ACCOUNTS_BY_CONTACT, {"contacts": contact_ids}).mappings()}
     # Looked up after the locks, which serialise concurrent deliveries of an event.
-    seen = {row["event_id"]: row for row in conn.exec_driver_sql(
-        sql.SEEN_EVENTS, {"events": [e.event_id for _, e, _, _ in primaries]}).mappings()}
+    seen = _seen(conn, [e.event_id for _, e, _, _ in primaries])
     pairs = {(locked[e.contact_id]["id"], e.order_id) for _, e, _, _ in primaries
              if e.contact_id in locked and e.event_id not in seen}
     #: (account, order) that earned already -> that earn's event_id and payload.
@@ -248,10 +207,7 @@ def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]
 
     running = {row["id"]: row["balance"] for row in locked.values()}
     revisions = {row["id"]: row["revision"] for row in locked.values()}
-    credits: dict[UUID, int] = {}
-    changes: dict[UUID, int] = {}
-    entries: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
+    writes = _Writes()
     for i, event, fingerprint, payload in primaries:
         row = seen.get(event.event_id)
         if row is not None:
@@ -285,72 +241,71 @@ def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]
                 results[i] = refused
                 continue
             if points:
-                outcome, entry = "earned", entry_id()
+                outcome = "earned"
                 earned[(account_id, event.order_id)] = (event.event_id, json.loads(payload))
                 running[account_id] += points
                 revisions[account_id] += 1
-                credits[account_id] = credits.get(account_id, 0) + points
-                changes[account_id] = changes.get(account_id, 0) + 1
-                entries.append(earn_entry(entry, account_id, running[account_id],
-                                          revisions[account_id], rule, points,
-                                          event.event_id, "order.completed", event,
-                                          f"Order {event.order_id}"))
-        records.append({"event_id": event.event_id, "event_type": "order.completed",
-                        "fingerprint": fingerprint, "contact_id": event.contact_id,
-                        "account_id": account_id, "order_id": event.order_id,
-                        "outcome": outcome, "points": points, "ledger_entry_id": entry,
-                        "payload": payload,
-                        "detail": json.dumps(detail) if detail else None})
-        results[i] = EventOutcome(event_id=event.event_id, outcome=outcome, points=points,
-                                  account_id=str(account_id),
-                                  ledger_entry_id=str(entry) if entry else None,
-                                  detail=detail)
-    if credits:
-        ids = sorted(credits)
-        conn.exec_driver_sql(sql.CREDIT_ACCOUNTS, {
-            "ids": ids, "points": [credits[a] for a in ids], "entries": [changes[a] for a in ids]})
-    # Then the entries, in batch order: the ledger's statement trigger checks each
-    # balance_after against the one before it, and the last against the account.
-    if entries:
-        conn.exec_driver_sql(sql.INSERT_ENTRIES, sql.columns(entries, sql.ENTRY_COLUMNS))
-    if records:
-        conn.exec_driver_sql(sql.INSERT_PROCESSED, sql.columns(records, sql.PROCESSED_COLUMNS))
+                entry = writes.earn(account_id, running[account_id], revisions[account_id],
+                                    rule, points, event.event_id, "order.completed", event,
+                                    f"Order {event.order_id}")
+        results[i] = writes.record(event.event_id, "order.completed", fingerprint,
+                                   event.contact_id, account_id, event.order_id, outcome, points,
+                                   entry, payload, detail)
+    writes.write(conn)
 
 
-def _record(conn: Connection, record: dict[str, Any], outcome: str, points: int = 0,
-            entry: UUID | None = None, detail: dict[str, Any] | None = None) -> EventOutcome:
-    conn.execute(
-        processed_events.insert().values(
-            **record, outcome=outcome, points=points, ledger_entry_id=entry, detail=detail
-        )
-    )
-    return EventOutcome(
-        event_id=record["event_id"],
-        outcome=outcome,
-        points=points,
-        account_id=str(record["account_id"]),
-        ledger_entry_id=str(entry) if entry else None,
-        detail=detail,
-    )
+def _seen(conn: Connection, event_ids: list[str]) -> dict[str, Mapping[Any, Any]]:
+    """What earlier deliveries of these events did, by event_id."""
+    return {row["event_id"]: row for row in conn.exec_driver_sql(
+        sql.SEEN_EVENTS, {"events": event_ids}).mappings()}
 
 
-def _earn(conn: Connection, account: Mapping[Any, Any], rule: EarnRule, points: int,
-          event_id: str, event_type: str, order: OrderCompletedEvent | None,
-          description: str) -> UUID:
-    # The account first: the ledger's statement trigger checks it against the entry.
-    entry = entry_id()
-    conn.execute(
-        update(accounts)
-        .where(accounts.c.id == account["id"])
-        .values(
-            balance=accounts.c.balance + points,
-            earned=accounts.c.earned + points,
-            revision=accounts.c.revision + 1,
-            updated_at=func.now(),
-            last_activity_at=func.now(),
-        )
-    )
-    conn.execute(ledger_entries.insert().values(earn_entry(
-        entry, account["id"], account["balance"] + points, account["revision"] + 1, rule,
-        points, event_id, event_type, order, description)))
-    return entry
+class _Writes:
+    """What a unit of earning writes, gathered, then sent as one statement per table."""
+
+    def __init__(self) -> None:
+        self.credits: dict[UUID, int] = {}
+        self.changes: dict[UUID, int] = {}
+        self.entries: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []
+
+    def earn(self, account_id: UUID, balance_after: int, revision_after: int, rule: EarnRule,
+             points: int, event_id: str, event_type: str, order: OrderCompletedEvent | None,
+             description: str) -> UUID:
+        """One EARN entry; `balance_after` and `revision_after` continue the account's chain."""
+        entry = entry_id()
+        self.credits[account_id] = self.credits.get(account_id, 0) + points
+        self.changes[account_id] = self.changes.get(account_id, 0) + 1
+        self.entries.append(earn_entry(entry, account_id, balance_after, revision_after, rule,
+                                       points, event_id, event_type, order, description))
+        return entry
+
+    def record(self, event_id: str, event_type: str, fingerprint: str, contact_id: str,
+               account_id: UUID, order_id: str | None, outcome: str, points: int,
+               entry: UUID | None, payload: str, detail: dict[str, Any] | None
+               ) -> EventOutcome:
+        """The event's processed record (its idempotency key), and what it reports."""
+        self.records.append({
+            "event_id": event_id, "event_type": event_type, "fingerprint": fingerprint,
+            "contact_id": contact_id, "account_id": account_id, "order_id": order_id,
+            "outcome": outcome, "points": points, "ledger_entry_id": entry, "payload": payload,
+            "detail": json.dumps(detail) if detail else None})
+        return EventOutcome(event_id=event_id, outcome=outcome, points=points,
+                            account_id=str(account_id),
+                            ledger_entry_id=str(entry) if entry else None, detail=detail)
+
+    def write(self, conn: Connection) -> None:
+        # The accounts first, then the entries in order: the ledger's statement trigger
+        # checks each balance_after against the one before it, and the last against the
+        # account.
+        if self.credits:
+            ids = sorted(self.credits)
+            conn.exec_driver_sql(sql.CREDIT_ACCOUNTS, {
+                "ids": ids, "points": [self.credits[a] for a in ids],
+                "entries": [self.changes[a] for a in ids]})
+        if self.entries:
+            conn.exec_driver_sql(sql.INSERT_ENTRIES,
+                                 sql.columns(self.entries, sql.ENTRY_COLUMNS))
+        if self.records:
+            conn.exec_driver_sql(sql.INSERT_PROCESSED,
+                                 sql.columns(self.records, sql.PROCESSED_COLUMNS))
