@@ -381,7 +381,7 @@ class Batcher:
         """Acknowledge a batch's messages with one command where the broker allows it.
 
         One ack per message costs the main process a socket write (RabbitMQ) or a
-        Redis round trip each, a sixth of its time. RabbitMQ's `multiple` ack settles
+        Redis round trip each (docs/performance.md). RabbitMQ's `multiple` ack settles
         every unsettled delivery up to a tag, so it is sent only when no other open
         message of this channel (another batch, the buffer, a retry waiting for its
         ETA, an admin task) sits below the batch's highest tag; otherwise one by one.
@@ -533,7 +533,7 @@ def _decode(message: Any) -> Any:
 
     kombu's decoder wraps every body in its serializer registry and an object hook
     for its own tagged types (`{"__type__": "datetime", ...}`, which a Python
-    producer's datetime becomes): a sixth of the main process's time. A body that
+    producer's datetime becomes), which is costly (docs/performance.md). A body that
     holds such a tag, is not UTF-8, or does not parse goes through kombu, which
     decodes it the same way as before or raises into the consumer, which keeps it; so
     does every body when the worker does not accept plain JSON (message signing).

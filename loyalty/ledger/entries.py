@@ -20,8 +20,8 @@ from loyalty.errors import (
     LoyaltyError,
     PointsAboveMaximum,
 )
-from loyalty.rules import MAX_BALANCE, MAX_EARN_POINTS, EarnRule
-from schemas.events import OrderCompletedEvent
+from loyalty.rules import MAX_EARN_POINTS, EarnRule
+from schemas.events import MAX_BALANCE, OrderCompletedEvent
 
 
 @dataclass(frozen=True)
