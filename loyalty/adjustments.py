@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAX_DELTA = 9_999_999
-MAX_BALANCE = 999_999_999
+from schemas.events import MAX_BALANCE
 
 
 @dataclass(frozen=True)

@@ -90,14 +90,14 @@ class Publisher:
             self._connection = self.app.connection_for_write()
             self._producer = self._connection.Producer(serializer="json")
         task_id = str(uuid.uuid4())
-        # The repr shown by monitoring tools: Celery's own (saferepr) took a third of
-        # the time of a publish.
+        # The repr shown by monitoring tools, bounded and cheap: Celery's own (saferepr)
+        # is slow (docs/performance.md).
         text = repr(args)
         headers, properties, body, _sent = self.app.amqp.as_task_v2(
             task_id, task_name, args=args, kwargs={}, kwargsrepr="{}",
             argsrepr=text if len(text) <= _REPR_MAX else text[:_REPR_MAX - 3] + "...")
         # Declared once per channel (a new one after a reconnection): kombu caches the
-        # declaration itself, but binding the queue again cost a tenth of a publish.
+        # declaration itself, but binding the queue again is not free (docs/performance.md).
         channel = self._producer.channel
         declare = [self.app.amqp.queues[queue]] if (channel, queue) not in self._declared else []
         self._producer.publish(

@@ -11,6 +11,7 @@ from decimal import Context, Decimal
 from typing import Literal
 
 from loyalty.errors import InvalidRule, RuleError
+from schemas.events import MAX_POINTS_AT_ONCE
 
 Trigger = Literal["signup", "order.completed"]
 Kind = Literal["fixed", "conversion"]
@@ -20,9 +21,8 @@ TRIGGERS: tuple[str, ...] = ("signup", "order.completed")
 KINDS: tuple[str, ...] = ("fixed", "conversion")
 STATUSES: tuple[str, ...] = ("ACTIVE", "PAUSED")
 MAX_RULE_POINTS = 1_000_000_000
-#: Points one event may earn at most (Wix's earnPoints limit), and a balance at most.
-MAX_EARN_POINTS = 9_999_999
-MAX_BALANCE = 999_999_999
+#: Points one event may earn at most (Wix's earnPoints limit).
+MAX_EARN_POINTS = MAX_POINTS_AT_ONCE
 MAX_MONEY = Decimal("99999999999999.9999")
 #: Enough digits that a total (18) times a rule's points (10) is never rounded.
 _EXACT = Context(prec=80)

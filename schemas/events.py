@@ -30,6 +30,11 @@ from pydantic import (
 
 from schemas.currencies import ISO_4217
 
+#: Points one event or one adjustment may move at once, and the most an account may hold
+#: (Wix's earnPoints and balance limits): the contract's bounds, which the ledger enforces.
+MAX_POINTS_AT_ONCE = 9_999_999
+MAX_BALANCE = 999_999_999
+
 RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
@@ -213,8 +218,8 @@ class AdjustPointsRequest(Contract):
     account_id: Annotated[str, AfterValidator(lambda v: str(UUID(v))),
                           WithJsonSchema({"type": "string", "format": "uuid"})] | None = None
     contact_id: Id | None = None
-    amount: Annotated[int, Field(ge=-9_999_999, le=9_999_999)] | None = None
-    balance: Annotated[int, Field(ge=0, le=999_999_999)] | None = None
+    amount: Annotated[int, Field(ge=-MAX_POINTS_AT_ONCE, le=MAX_POINTS_AT_ONCE)] | None = None
+    balance: Annotated[int, Field(ge=0, le=MAX_BALANCE)] | None = None
     description: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
     actor: Id
     revision: Annotated[int, Field(ge=0)] | None = None

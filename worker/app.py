@@ -14,7 +14,7 @@ from loyalty.ledger import Ledger
 from loyalty.settings import Settings
 from loyalty.signing import enable_signing
 from schemas.events import set_max_future_skew
-from worker import logging as loyalty_logging
+from worker import log_format
 from worker.config import celery_config
 
 log = logging.getLogger("loyalty.worker")
@@ -89,4 +89,4 @@ def _fresh_engines_after_fork(**_: Any) -> None:
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _structured_logs(logger: logging.Logger, **_: Any) -> None:
-    loyalty_logging.configure(logger, settings())
+    log_format.configure(logger, settings())

@@ -33,9 +33,9 @@ from celery import Celery, Task
 from celery.worker.strategy import default as default_strategy
 from kombu.transport.virtual import QoS as VirtualQoS
 
-from loyalty.errors import AccountNotFound, InvalidPayload, LoyaltyError, TransientError
+from loyalty import policy
+from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import EventOutcome
-from loyalty.retry import backoff_seconds, should_retry
 from schemas.events import (
     BULK_TYPES,
     TASKS,
@@ -54,7 +54,7 @@ log = logging.getLogger("loyalty.batches")
 BULK_TASK = "loyalty.events.bulk"
 EVENT_TASKS = frozenset({"loyalty.events.signup", "loyalty.events.order_completed", BULK_TASK})
 
-ACK, REQUEUE = "ack", "requeue"
+ACK, REQUEUE = "ack", policy.Action.REQUEUE.value
 
 
 # -- the pool process: apply a batch ---------------------------------------------
@@ -94,20 +94,20 @@ def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> l
             events += _expand(index, item)
         except InvalidPayload as exc:
             counts[_dead_letter(Event(index, item["task"], item["id"], None, item["retries"],
-                                      item["delivery_info"]), "invalid_payload", str(exc),
-                                body=json.dumps([item["args"], item["kwargs"], {}], default=repr),
+                                      item["delivery_info"]), exc.reason, str(exc),
+                                args=item["args"], kwargs=item["kwargs"],
                                 verdicts=verdicts)] += 1
     valid = []
     for event in events:
         if event.error is not None:
-            counts[_dead_letter(event, "invalid_payload", event.error, verdicts=verdicts)] += 1
+            counts[_settle(event, InvalidPayload(event.error), verdicts)] += 1
             continue
         try:
             model = TASKS[event.task][1]
             event.parsed = parse_task_args(model, [event.payload], {})  # type: ignore[assignment]
             valid.append(event)
         except PayloadError as exc:
-            counts[_dead_letter(event, "invalid_payload", str(exc), verdicts=verdicts)] += 1
+            counts[_settle(event, InvalidPayload(str(exc)), verdicts)] += 1
     if not valid:
         if events or items:
             log.info("batch applied", extra={"messages": len(items), "events": len(events),
@@ -118,13 +118,14 @@ def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> l
     try:
         results: list[EventOutcome | LoyaltyError | None] = list(
             ledger().apply_events([e.parsed for e in valid]))  # type: ignore[misc]
-    except TransientError as exc:  # the database is away: the messages wait on the broker
-        log.warning("batch failed, requeueing its messages", extra={
-            "events": len(valid), "error": str(exc)})
-        for event in valid:
-            verdicts[event.message] = REQUEUE
-        return verdicts
-    except Exception as exc:  # the database refused the whole batch: find the culprit alone
+    except Exception as exc:
+        decision = policy.after_batch_failure(exc)
+        if decision.action is policy.Action.REQUEUE:  # the messages wait on the broker
+            log.warning("batch failed, requeueing its messages", extra={
+                "events": len(valid), "error": str(exc)})
+            for event in valid:
+                verdicts[event.message] = REQUEUE
+            return verdicts
         log.error("batch refused, applying its events one by one", exc_info=True,
                   extra={"events": len(valid), "error": str(exc)})
         results = [_alone(event) for event in valid]
@@ -140,10 +141,8 @@ def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> l
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug("duplicate" if result.duplicate else "applied", extra={
                     "task": event.task, "task_id": event.message_id, **result.as_dict()})
-        elif isinstance(result, AccountNotFound):
-            counts[_retry_later(event, result, verdicts)] += 1
         else:
-            counts[_dead_letter(event, result.reason, str(result), verdicts=verdicts)] += 1
+            counts[_settle(event, result, verdicts)] += 1
     # `applied`: events that took effect now (an EARN, or an outcome such as
     # no_points recorded for the first time); `duplicates` changed nothing.
     log.info("batch applied", extra={
@@ -186,15 +185,20 @@ def _expand(index: int, item: dict[str, Any]) -> list[Event]:
             for n, entry in enumerate(bulk.events)]
 
 
-def _retry_later(event: Event, exc: LoyaltyError, verdicts: list[str]) -> str:
-    """Publish the event again, alone and due later: its signup may still be in flight.
+def _settle(event: Event, exc: LoyaltyError, verdicts: list[str]) -> str:
+    """Carry out the policy's decision for an event that was not applied.
 
     Returns what happened to it: "retried", "dead_lettered" or "requeued".
     """
-    s = settings()
-    if not should_retry(event.retries, s.not_found_retries):
-        return _dead_letter(event, exc.reason, str(exc), verdicts=verdicts)
-    delay = backoff_seconds(event.retries, cap=s.retry_backoff_max, base=s.not_found_backoff)
+    decision = policy.after_failure(exc, event.retries, policy.Limits.of(settings()))
+    if decision.action is policy.Action.RETRY:
+        return _retry_later(event, exc, decision.delay, verdicts)
+    assert decision.reason is not None
+    return _dead_letter(event, decision.reason, decision.detail, verdicts=verdicts)
+
+
+def _retry_later(event: Event, exc: LoyaltyError, delay: float, verdicts: list[str]) -> str:
+    """Publish the event again, alone and due later, as Celery's retry of its task would."""
     try:
         # Briefly: a batch that blocks on a broker that is down would outlive its soft
         # time limit; the original message is requeued instead.
@@ -206,42 +210,33 @@ def _retry_later(event: Event, exc: LoyaltyError, verdicts: list[str]) -> str:
     except Exception as err:  # the broker is unreachable: keep the original message
         log.error("cannot publish a retry, requeueing", extra={"task_id": event.message_id,
                                                                "error": str(err)})
-        verdicts[event.message] = REQUEUE
+        verdicts[event.message] = policy.retry_unpublished().action.value
         return "requeued"
     log.warning("not applied yet, retrying", extra={
-        "task": event.task, "task_id": event.message_id, **_about(event.payload),
+        "task": event.task, "task_id": event.message_id, **policy.about(event.payload),
         "reason": exc.reason, "retries": event.retries, "delay_s": round(delay, 3),
         "error": str(exc)})
     return "retried"
 
 
-def _about(payload: Any) -> dict[str, Any]:
-    """Which event and whose, for a log line, from a payload that may not be valid."""
-    if not isinstance(payload, dict):
-        return {}
-    return {k: payload[k] for k in ("event_id", "contact_id", "order_id")
-            if isinstance(payload.get(k), str)}
-
-
 def _dead_letter(event: Event, reason: str, detail: str, *, verdicts: list[str],
-                 body: str | None = None) -> str:
+                 args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> str:
     """Keep the event as a dead letter; returns "dead_lettered", or "requeued" if the
-    store is down."""
-    headers = {"content_type": "application/json", "retries": event.retries,
-               "delivery_info": event.delivery_info}
-    if body is None:
-        body = json.dumps([[event.payload], {}, {}], default=repr)
+    store is down. `args` and `kwargs`: the whole message's, when it is not one event."""
+    letter = policy.task_letter(event.task, event.message_id,
+                                [event.payload] if args is None else args, kwargs or {},
+                                reason, detail, retries=event.retries,
+                                delivery_info=event.delivery_info)
     try:
-        letter_id = ledger().add_dead_letter(task_name=event.task, message_id=event.message_id,
-                                             payload=body, headers=headers, reason=reason,
-                                             error_detail=detail)
+        letter_id = ledger().add_dead_letter(**letter.fields())
     except TransientError as exc:
         log.error("cannot dead-letter yet, requeueing", extra={"task_id": event.message_id,
                                                                "error": str(exc)})
-        verdicts[event.message] = REQUEUE
+        verdicts[event.message] = policy.store_unavailable(
+            event.retries, policy.Limits.of(settings()), in_task=False).action.value
         return "requeued"
     log.warning("dead-lettered", extra={"task": event.task, "task_id": event.message_id,
-                                         **_about(event.payload), "reason": reason,
+                                         **policy.about(event.payload), "reason": reason,
                                          "detail": detail, "dead_letter_id": letter_id})
     return "dead_lettered"
 
@@ -386,7 +381,7 @@ class Batcher:
         """Acknowledge a batch's messages with one command where the broker allows it.
 
         One ack per message costs the main process a socket write (RabbitMQ) or a
-        Redis round trip each, a sixth of its time. RabbitMQ's `multiple` ack settles
+        Redis round trip each (docs/performance.md). RabbitMQ's `multiple` ack settles
         every unsettled delivery up to a tag, so it is sent only when no other open
         message of this channel (another batch, the buffer, a retry waiting for its
         ETA, an admin task) sits below the batch's highest tag; otherwise one by one.
@@ -474,9 +469,8 @@ class Batcher:
             except LoyaltyError as err:
                 log.error("cannot count the crash", extra={"error": str(err)})
                 crashes = {}
-            limit = settings().poison_deliveries
-            settle([ACK if crashes.get(item["id"], 0) >= limit
-                    and _poisoned(message, crashes[item["id"]], detail) else REQUEUE
+            limits = policy.Limits.of(settings())
+            settle([_after_crash(message, crashes.get(item["id"], 0), limits, detail)
                     for item, message in zip(items, messages, strict=True)])
 
         self.consumer.pool.apply_async(
@@ -484,13 +478,16 @@ class Batcher:
             timeout=self.time_limit, soft_timeout=None)
 
 
-def _poisoned(message: Any, crashes: int, detail: str) -> bool:
+def _after_crash(message: Any, crashes: int, limits: policy.Limits, detail: str) -> str:
+    """ACK once the message is kept as poison, else REQUEUE: it comes back alone."""
+    decision = policy.after_crash(crashes, limits, detail)
+    if decision.action is not policy.Action.DEAD_LETTER:
+        return REQUEUE
     try:
-        raw_letters.store(message, "poison",
-                          f"crashed its worker process {crashes} times; last: {detail}")
+        raw_letters.store(message, "poison", decision.detail)
     except LoyaltyError:
-        return False
-    return True
+        return REQUEUE
+    return ACK
 
 
 #: Past this many open messages, settled ones are swept out of `Batcher.open`.
@@ -536,7 +533,7 @@ def _decode(message: Any) -> Any:
 
     kombu's decoder wraps every body in its serializer registry and an object hook
     for its own tagged types (`{"__type__": "datetime", ...}`, which a Python
-    producer's datetime becomes): a sixth of the main process's time. A body that
+    producer's datetime becomes), which is costly (docs/performance.md). A body that
     holds such a tag, is not UTF-8, or does not parse goes through kombu, which
     decodes it the same way as before or raises into the consumer, which keeps it; so
     does every body when the worker does not accept plain JSON (message signing).

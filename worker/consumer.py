@@ -16,6 +16,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
+from loyalty import policy
 from loyalty.errors import TransientError
 from worker import raw_letters
 from worker.config import ARRIVED_ON, EVENTS_QUEUE
@@ -44,24 +45,13 @@ def _keep(message: Any, reason: str, exc: BaseException | None, task_name: str |
     try:
         raw_letters.store(message, reason, detail, task_name, truncate=truncate)
     except TransientError as err:
-        # The store is down: put the message back rather than lose it, and slow the loop.
+        # The store is down: put the message back rather than lose it, and slow the loop
+        # (loyalty.policy.store_unavailable).
         log.error("cannot dead-letter yet, requeueing", extra={"reason": reason, "error": str(err)})
         time.sleep(1)
         message.reject_log_error(log, (Exception,), requeue=True)
         return
     message.ack_log_error(log, (Exception,))
-
-
-def _content_reason(exc: BaseException) -> str:
-    name = type(exc).__name__
-    chain = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    if "SecurityError" in chain or "SecurityError" in str(exc):
-        return "signature_invalid"
-    if name == "ContentDisallowed":
-        return "content_disallowed"
-    if name == "DecodeError":
-        return "undecodable_body"
-    return "malformed_message"
 
 
 #: Content type of Celery's `auth` serializer (a signed message).
@@ -90,7 +80,7 @@ def _unsigned_beyond_events(message: Any) -> bool:
 
 class DeadLetteringConsumer(Consumer):
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        _keep(message, _content_reason(exc), exc)
+        _keep(message, policy.unreadable_reason(exc), exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         _keep(message, "malformed_message", None)
@@ -100,7 +90,7 @@ class DeadLetteringConsumer(Consumer):
         _keep(message, "unknown_task", exc, task_name=str(name) if name is not None else None)
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
-        _keep(message, _content_reason(exc), exc)
+        _keep(message, policy.unreadable_reason(exc), exc)
 
     def on_connection_error_after_connected(self, exc: BaseException) -> None:
         # Celery collects the broken connection (which detaches its transport) and then
@@ -186,7 +176,7 @@ class DeadLetteringConsumer(Consumer):
             except Exception as exc:
                 if getattr(message, "acknowledged", False):
                     raise
-                return _keep(message, _content_reason(exc), exc)
+                return _keep(message, policy.unreadable_reason(exc), exc)
             # A message left open here (a stock-path task, a retry waiting for its ETA)
             # must not be covered by a batch's grouped ack.
             batcher = getattr(self, "_loyalty_batcher", None)

@@ -1,16 +1,8 @@
-"""What every task does with its outcome: done, retry or dead-letter.
+"""One message at a time: parse it, apply it, and carry out the outcome policy.
 
-Tasks stay one line long; the policy lives here once. Nothing is dropped:
-anything that is not applied is either retried or written to the dead-letter
-table with the reason, and no exception escapes to crash a worker process.
-
-| failure                    | what happens                                              |
-|----------------------------|-----------------------------------------------------------|
-| invalid payload            | dead-lettered at once, never retried                      |
-| account not found          | retried (LOYALTY_NOT_FOUND_RETRIES), then dead-lettered   |
-| transient (database down)  | retried (LOYALTY_MAX_RETRIES), then `retries_exhausted`   |
-| idempotency conflict, etc. | dead-lettered at once                                     |
-| a bug                      | dead-lettered as `internal_error`                         |
+What a failure leads to (retry, dead letter) is decided by `loyalty.policy`;
+this module only applies the decision with Celery's means. No exception escapes
+to crash a worker process.
 """
 
 from __future__ import annotations
@@ -18,14 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from loyalty.errors import AccountNotFound, InvalidPayload, LoyaltyError, TransientError
+from loyalty import policy
+from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import Ledger
-from loyalty.retry import backoff_seconds, should_retry
 from schemas.events import Contract, PayloadError, parse_task_args
 from worker.app import ledger, settings
 
@@ -44,24 +37,29 @@ def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
         except PayloadError as exc:
             raise InvalidPayload(str(exc)) from None
         result = apply(ledger(), message)
-    except AccountNotFound as exc:
-        # Often the signup is still in flight: wait for it before giving up.
-        if should_retry(retries, settings().not_found_retries):
-            return retry(task, exc, backoff_seconds(retries, cap=settings().retry_backoff_max,
-                                                    base=settings().not_found_backoff))
-        return dead_letter(task, args, kwargs, exc.reason, str(exc))
-    except (TransientError, SoftTimeLimitExceeded) as exc:
-        if should_retry(retries, settings().max_retries):
-            return retry(task, exc, backoff_seconds(retries, cap=settings().retry_backoff_max))
-        return dead_letter(task, args, kwargs, "retries_exhausted", str(exc))
-    except LoyaltyError as exc:
-        return dead_letter(task, args, kwargs, exc.reason, str(exc))
-    except Exception as exc:  # a bug must not lose the message
-        log.exception("unexpected failure", extra={"task": task.name, "task_id": task.request.id})
-        return dead_letter(task, args, kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if not isinstance(exc, LoyaltyError | SoftTimeLimitExceeded):
+            log.exception("unexpected failure", extra={"task": task.name,
+                                                       "task_id": task.request.id})
+        decision = policy.after_failure(exc, retries, _limits(),
+                                        timed_out=isinstance(exc, SoftTimeLimitExceeded))
+        return settle(task, decision, exc, args, kwargs)
     payload = result.as_dict() if hasattr(result, "as_dict") else result
     _log_outcome(task, payload)
     return payload
+
+
+def settle(task: Task, decision: policy.Decision, exc: BaseException, args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> Any:
+    """Carry out the policy's decision for a task message that was not applied."""
+    if decision.action is policy.Action.RETRY:
+        return retry(task, exc, decision.delay)
+    assert decision.action is policy.Action.DEAD_LETTER and decision.reason is not None
+    return dead_letter(task, args, kwargs, decision.reason, decision.detail)
+
+
+def _limits() -> policy.Limits:
+    return policy.Limits.of(settings())
 
 
 def _log_outcome(task: Task, payload: Any) -> None:
@@ -99,34 +97,22 @@ def retry(task: Task, exc: BaseException, delay: float) -> Any:
 
 
 def _about(args: Any) -> dict[str, Any]:
-    """Which event or request and whose, for a log line, from arguments that may be invalid."""
     payload = args[0] if isinstance(args, list | tuple) and len(args) == 1 else None
-    if not isinstance(payload, dict):
-        return {}
-    return {k: payload[k] for k in ("event_id", "request_id", "contact_id", "order_id")
-            if isinstance(payload.get(k), str)}
+    return policy.about(payload)
 
 
 def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str,
                 detail: str) -> dict[str, Any]:
     request = task.request
-    # Celery's own body shape, so a replay reads every letter the same way.
-    body = json.dumps([list(args), kwargs, {}], default=repr)
-    headers = {
-        "content_type": "application/json",
-        "retries": request.retries,
-        "delivery_info": request.delivery_info or {},
-        "origin": getattr(request, "origin", None),
-    }
+    letter = policy.task_letter(task.name, request.id, args, kwargs, reason, detail,
+                                retries=request.retries, delivery_info=request.delivery_info or {},
+                                origin=getattr(request, "origin", None), with_origin=True)
     try:
-        letter_id = ledger().add_dead_letter(
-            task_name=task.name, message_id=request.id, payload=body, headers=headers,
-            reason=reason, error_detail=detail,
-        )
+        letter_id = ledger().add_dead_letter(**letter.fields())
     except TransientError as exc:
         # The store itself is down: keep the message alive on the broker instead.
-        return retry(task, exc, backoff_seconds(request.retries or 0,
-                                                cap=settings().retry_backoff_max))
+        wait = policy.store_unavailable(request.retries or 0, _limits(), in_task=True)
+        return retry(task, exc, wait.delay)
     log.warning("dead-lettered", extra={"task": task.name, "task_id": request.id,
                                          **_about(args), "reason": reason, "detail": detail,
                                          "dead_letter_id": letter_id})
@@ -146,8 +132,9 @@ def run_bulk(task: Task, model: type[Contract], args: tuple[Any, ...],
             "delivery_info": request.delivery_info or {}}
     if batching.apply_batch([item]) == [batching.ACK]:
         return {"status": "applied"}
-    retries = request.retries or 0
-    if should_retry(retries, settings().max_retries):
-        return retry(task, TransientError("the database is unavailable"),
-                     backoff_seconds(retries, cap=settings().retry_backoff_max))
-    return dead_letter(task, args, kwargs, "retries_exhausted", "the database stayed unavailable")
+    # The batch was requeued: its database stayed away.
+    unavailable = TransientError("the database is unavailable")
+    decision = policy.after_failure(unavailable, request.retries or 0, _limits())
+    if decision.action is policy.Action.DEAD_LETTER:
+        decision = replace(decision, detail="the database stayed unavailable")
+    return settle(task, decision, unavailable, args, kwargs)

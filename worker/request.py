@@ -4,8 +4,9 @@ Inside the task, `worker.execution` catches everything. What is left happens
 around it: the pool process was killed (a crash, the OOM killer, the hard time
 limit) or Celery could not even unpack the body. Stock Celery either redelivers
 such a message forever (a poison message loops) or acknowledges it (it is lost).
-Here a crash is counted in PostgreSQL; the message is redelivered until it has
-crashed LOYALTY_POISON_DELIVERIES times and is then dead-lettered as `poison`.
+Here a crash is counted in PostgreSQL, and `loyalty.policy` decides: the message
+is redelivered until it has crashed LOYALTY_POISON_DELIVERIES times and is then
+dead-lettered as `poison`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.worker.request import Request
 
+from loyalty import policy
 from loyalty.errors import TransientError
 from worker import raw_letters
 from worker.app import ledger, settings
@@ -42,13 +44,17 @@ class LoyaltyRequest(Request):
         try:
             if crashed:
                 crashes = ledger().record_crash(self.id, self.name, detail)
-                if crashes < settings().poison_deliveries:
+                decision = policy.after_crash(crashes, policy.Limits.of(settings()), detail)
+                if decision.action is policy.Action.REQUEUE:
                     log.error("worker process lost, message will be delivered again",
                               extra={"task": self.name, "task_id": self.id, "crashes": crashes,
                                      "error": detail})
                     return self.reject(requeue=True)
-                detail = f"crashed its worker process {crashes} times; last: {detail}"
-            raw_letters.store(self.message, "poison" if crashed else "malformed_message", detail,
+            else:
+                # Celery could not even unpack the message for its task.
+                decision = policy.Decision(policy.Action.DEAD_LETTER, "malformed_message", detail)
+            assert decision.reason is not None
+            raw_letters.store(self.message, decision.reason, decision.detail,
                               task_name=self.name)
         except TransientError as err:
             log.error("cannot count or dead-letter yet, requeueing",

@@ -14,6 +14,8 @@ from tests.e2e.conftest import rabbitmqctl, wait_for
 from tests.e2e.streams import TS, balances, letters_by_message, processed, shop, sql
 from tests.e2e.test_failures import FAST, pool_processes_blocked
 
+pytestmark = pytest.mark.e2e
+
 
 def order(contact: str, order_id: str, total: str, event_id: str | None = None) -> dict:
     return {"event_id": event_id or f"e-{order_id}", "contact_id": contact, "order_id": order_id,

@@ -76,7 +76,7 @@ def test_chaos(deploy, broker: str, tmp_path: Path) -> None:
         workers[1].kill()  # SIGKILL, main process included
     else:
         # On Redis a SIGKILL of the consuming main process can lose the one message kombu
-        # has popped but not yet recorded (README, "Known limits"): kill its pool, then stop it.
+        # has popped but not yet recorded (docs/design.md, "Known limits"): kill its pool, then stop it.
         sigkill_pool_processes(workers[1])
         workers[1].stop()
     stream.publish(env, mixed[2 * third:])

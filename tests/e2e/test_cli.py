@@ -15,6 +15,15 @@ from tests.e2e.streams import sql
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def shared_env(template_db: str, redis_index: int, tmp_path_factory) -> Iterator[Env]:  # type: ignore[no-untyped-def]
+    """One database for the tests that only read or are refused: they change nothing."""
+    url = fresh_database(template_db)
+    yield Env(url, f"redis://127.0.0.1:6379/{redis_index}",
+              f"redis://127.0.0.1:6379/{redis_index}", tmp_path_factory.mktemp("cli"))
+    drop_database(url)
+
+
 @pytest.fixture
 def env(template_db: str, redis_index: int, tmp_path) -> Iterator[Env]:  # type: ignore[no-untyped-def]
     url = fresh_database(template_db)
@@ -52,26 +61,19 @@ def test_rules_lifecycle(env: Env) -> None:
     (["accounts", "get", "--contact-id", "nobody"], 1, "no such loyalty account"),
     (["accounts", "get", "--account-id", "not-a-uuid"], 2, "not a UUID"),
     (["accounts", "list", "--cursor", "bm90LWEtdXVpZA"], 2, "invalid cursor"),
-    (["dlq", "show", str(2**63)], 2, "LETTER_ID"),
     (["rules", "create", "--name", "x", "--trigger", "signup", "--kind", "fixed",
       "--points", "10000000", "--paused"], 2, "at most 9999999"),
-    (["accounts", "get"], 2, "exactly one of"),
     (["accounts", "list", "--cursor", "%%%"], 2, "invalid cursor"),
-    (["accounts", "list", "--limit", "0"], 2, "--limit"),
-    (["transactions", "list", "--contact-id", "x", "--type", "GIFT"], 2, "--type"),
-    (["adjust", "--contact-id", "x", "--amount", "1", "--balance", "2", "--description", "d",
-      "--actor", "a"], 2, "exactly one of"),
     (["adjust", "--contact-id", "x", "--amount", "0", "--description", "d", "--actor", "a"], 2,
      "payload: amount must not be 0"),
     (["publish", "order", "--contact-id", "c", "--order-id", "o", "--total", "-3",
       "--currency", "USD"], 2, "total"),
     (["publish", "order", "--contact-id", "c", "--order-id", "o", "--total", "3",
       "--currency", "usd"], 2, "currency"),
-    (["no-such-command"], 2, "No such command"),
 ])
-def test_bad_input_is_one_line_and_non_zero(env: Env, args: list[str], code: int,
+def test_bad_input_is_one_line_and_non_zero(shared_env: Env, args: list[str], code: int,
                                             message: str) -> None:
-    done = env.cli(*args, check=False)
+    done = shared_env.cli(*args, check=False)
     assert done.returncode == code, done.stderr
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

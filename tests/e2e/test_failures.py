@@ -300,7 +300,7 @@ def test_sigkilled_worker_loses_and_doubles_nothing(deploy, broker: str) -> None
         assert sigkill_pool_processes(worker) > 0
         wait_for(lambda: redelivered(worker), 30, "the killed process's messages requeued")
         if broker == "rabbitmq":
-            # The whole worker too. Not on Redis: see README, "Known limits" (kombu pops a
+            # The whole worker too. Not on Redis: see docs/design.md, "Known limits" (kombu pops a
             # message before it records it as unacknowledged, so a SIGKILL of the consuming
             # main process in between loses that message).
             worker.kill()

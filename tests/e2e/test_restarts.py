@@ -85,7 +85,7 @@ def test_redis_restart_mid_stream(deploy, private_redis: PrivateRedis) -> None:
     applied = {event_id for (event_id,) in sql(env, "SELECT event_id FROM processed_events")}
     missing = {p["event_id"] for _n, p in stream.messages} - applied
     # kombu's Redis transport pops a message before recording it as unacknowledged; a
-    # restart in between loses that one message (README, "Known limits"). One at most.
+    # restart in between loses that one message (docs/design.md, "Known limits"). One at most.
     assert len(missing) <= 1, f"lost {len(missing)} events: {sorted(missing)[:10]}"
     assert balances(env) == stream.expected_given(applied)
     if not missing:

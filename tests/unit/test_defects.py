@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from loyalty.cli import printable
 from loyalty.settings import Settings
 from schemas.events import OrderCompletedEvent, SignupEvent, describe_errors, set_max_future_skew
-from worker.logging import JsonFormatter, MaskingFormatter, SecretMask
+from worker.log_format import JsonFormatter, MaskingFormatter, SecretMask
 
 
 def _order(occurred_at: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ import pytest
 
 from loyalty.errors import SettingsError
 from loyalty.settings import Settings, mask_url
-from worker.logging import JsonFormatter, SecretMask
+from worker.log_format import JsonFormatter, SecretMask
 
 
 def test_defaults() -> None:

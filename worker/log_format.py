@@ -18,9 +18,11 @@ from loyalty.settings import Settings
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
-class SecretMask(logging.Filter):
+class SecretMask:
+    """Masks secrets in finished log text. Not a logging.Filter: a filter sees the record
+    before a library's message is formatted, so the formatters call `mask` instead."""
+
     def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
         self.secrets = [s for s in secrets if s]
 
     def mask(self, text: str) -> str:

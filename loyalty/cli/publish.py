@@ -1,0 +1,102 @@
+"""`loyalty publish` and `loyalty adjust`: messages to the broker, as a producer sends them.
+
+They publish through `loyalty.publish`; the worker is never imported here.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Any
+
+import click
+
+from loyalty.cli.context import Context, one_of, pass_ctx
+from loyalty.cli.output import JSON_HELP, emit, printable
+from loyalty.errors import TransientError
+
+
+@click.group("publish")
+def publish_group() -> None:
+    """Publish events to the broker, as a shop's producer would."""
+
+
+@publish_group.command("signup")
+@click.option("--contact-id", required=True)
+@click.option("--event-id", help="Defaults to a new UUID.")
+@click.option("--member-id")
+@click.option("--email")
+@click.option("--name")
+@click.option("--occurred-at", help="RFC 3339 timestamp; defaults to now.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def publish_signup(ctx: Context, as_json: bool, **fields: Any) -> None:
+    """Publish loyalty.events.signup."""
+    with ctx.publisher() as publisher:
+        sent = publisher.signup(**fields)
+    emit(sent, as_json, lambda s: f"published {s['task']} event_id={s['payload']['event_id']}")
+
+
+@publish_group.command("order")
+@click.option("--contact-id", required=True)
+@click.option("--order-id", required=True)
+@click.option("--total", required=True, help='Decimal string, e.g. "49.90".')
+@click.option("--currency", required=True, help="ISO 4217 code, e.g. USD.")
+@click.option("--event-id", help="Defaults to a new UUID.")
+@click.option("--occurred-at", help="RFC 3339 timestamp; defaults to now.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def publish_order(ctx: Context, as_json: bool, **fields: Any) -> None:
+    """Publish loyalty.events.order_completed."""
+    with ctx.publisher() as publisher:
+        sent = publisher.order_completed(**fields)
+    emit(sent, as_json, lambda s: f"published {s['task']} event_id={s['payload']['event_id']}")
+
+
+@click.command("adjust")
+@click.option("--account-id")
+@click.option("--contact-id")
+@click.option("--amount", type=int, help="Points to add (negative to remove).")
+@click.option("--balance", type=int, help="Set the balance to this value.")
+@click.option("--description", required=True)
+@click.option("--actor", required=True, help="Who asked for the adjustment.")
+@click.option("--revision", type=int, help="Reject unless the account is at this revision.")
+@click.option("--request-id", help="Idempotency key; defaults to a new UUID.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the worker's answer.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def adjust(ctx: Context, account_id: str | None, contact_id: str | None, amount: int | None,
+           balance: int | None, description: str, actor: str, revision: int | None,
+           request_id: str | None, timeout: float, as_json: bool) -> None:
+    """Adjust an account's points through the worker; exit 1 if the request is rejected."""
+    one_of(account_id=account_id, contact_id=contact_id)
+    one_of(amount=amount, balance=balance)
+    # Chosen here, so that the id printed on a timeout is the one to repeat.
+    request_id = request_id or str(uuid.uuid4())
+    with ctx.publisher() as publisher:
+        pending = publisher.adjust_points(
+            request_id=request_id, account_id=account_id, contact_id=contact_id, amount=amount,
+            balance=balance, description=description, actor=actor, revision=revision)
+        try:
+            result = pending.get(timeout=timeout, propagate=True)
+        except Exception as exc:
+            if type(exc).__name__ == "TimeoutError":
+                raise TransientError(
+                    f"no answer from a worker within {timeout:g}s (request {request_id} is queued"
+                    " and will still be applied once; repeat with --request-id to read it)"
+                ) from None
+            raise
+    emit(result, as_json, _adjust_text)
+    if result.get("status") != "applied":
+        sys.exit(1)
+
+
+def _adjust_text(result: dict[str, Any]) -> str:
+    account = result.get("account") or {}
+    points = account.get("points", {})
+    if result.get("status") == "applied":
+        return (f"applied: transaction {result['transaction_id']}; balance {points.get('balance')}"
+                f", revision {account.get('revision')}")
+    detail = f" ({printable(result['detail'])})" if result.get("detail") else ""
+    return f"rejected: {result.get('reason')}{detail}"

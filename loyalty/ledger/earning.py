@@ -1,0 +1,311 @@
+"""Earning: events turned into EARN entries, by one set-based implementation.
+
+A single event is a batch of one (`apply_one`). `apply_events` applies a batch
+with the effect of applying its events in order: signups one by one, each in a
+savepoint (which contact gets a contested member_id depends on the order), then
+orders in rounds, their accounts locked in id order (so concurrent batches never
+deadlock each other). Whatever earns, `_Writes` writes: one UPDATE for the
+accounts, then one multi-row INSERT for the entries and one for the processed
+events, so every entry carries its account revision and what it was computed from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from loyalty.errors import AccountNotFound, IdempotencyConflict, LoyaltyError, NoActiveRule
+from loyalty.ledger import statements as sql
+from loyalty.ledger.accounts import lock_account
+from loyalty.ledger.boundary import guarded, run
+from loyalty.ledger.earn_rules import active_rules
+from loyalty.ledger.entries import (
+    EventOutcome,
+    above_ceiling,
+    earn_entry,
+    entry_id,
+    order_change,
+    seen_outcome,
+)
+from loyalty.rules import EarnRule, select_rule
+from loyalty.tables import accounts, contacts, ledger_entries
+from schemas.events import OrderCompletedEvent, SignupEvent
+
+Event = SignupEvent | OrderCompletedEvent
+Result = EventOutcome | LoyaltyError
+
+
+def apply_signup(engine: Engine, event: SignupEvent) -> EventOutcome:
+    return apply_one(engine, event)
+
+
+def apply_order(engine: Engine, event: OrderCompletedEvent) -> EventOutcome:
+    return apply_one(engine, event)
+
+
+def apply_one(engine: Engine, event: Event) -> EventOutcome:
+    """One event is a batch of one: its error is raised instead of returned."""
+    result = apply_events(engine, [event])[0]
+    if isinstance(result, LoyaltyError):
+        raise result
+    return result
+
+
+def apply_events(engine: Engine, events: Sequence[Event]) -> list[Result]:
+    """Apply many events in one transaction, with the effect of applying them in order.
+
+    An event that cannot be applied gets its error in its slot of the result and
+    writes nothing; the others commit.
+    """
+    if not events:
+        return []
+    return run(engine, lambda conn: events_work(conn, events))
+
+
+def events_work(conn: Connection, events: Sequence[Event]) -> list[Result]:
+    results: list[Result | None] = [None] * len(events)
+    # Signups first, in stream order: an order may follow its signup in the same batch.
+    # Two batches of signups for the same contacts can deadlock; PostgreSQL aborts one
+    # and the transaction boundary runs it again.
+    for i, event in enumerate(events):
+        if isinstance(event, SignupEvent):
+            results[i] = guarded(conn, signup_work(event))
+    orders = [(i, e) for i, e in enumerate(events) if isinstance(e, OrderCompletedEvent)]
+    if orders:
+        _orders(conn, orders, results)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def signup_work(event: SignupEvent) -> Callable[[Connection], EventOutcome]:
+    """One signup: its contact and account, and the signup bonus if a rule gives one."""
+    fingerprint, payload = event.fingerprint_and_json()
+
+    def work(conn: Connection) -> EventOutcome:
+        seen = _seen(conn, [event.event_id]).get(event.event_id)
+        if seen:
+            return seen_outcome(seen, event.event_id, fingerprint)
+        ins = pg_insert(contacts).values(
+            contact_id=event.contact_id,
+            member_id=event.member_id,
+            email=event.email,
+            name=event.name,
+            profile_at=event.occurred_at,
+        )
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[contacts.c.contact_id],
+                set_={
+                    "member_id": func.coalesce(ins.excluded.member_id, contacts.c.member_id),
+                    "email": func.coalesce(ins.excluded.email, contacts.c.email),
+                    "name": func.coalesce(ins.excluded.name, contacts.c.name),
+                    "profile_at": ins.excluded.profile_at,
+                    "updated_at": func.now(),
+                },
+                # A late re-delivery of an older signup must not undo newer details.
+                where=contacts.c.profile_at <= ins.excluded.profile_at,
+            )
+        )
+        conn.execute(
+            pg_insert(accounts)
+            .values(contact_id=event.contact_id)
+            .on_conflict_do_nothing(index_elements=[accounts.c.contact_id])
+        )
+        account = lock_account(conn, contact_id=event.contact_id)
+        assert account is not None
+        # Again after the lock, which serialises concurrent deliveries of this signup.
+        seen = _seen(conn, [event.event_id]).get(event.event_id)
+        if seen:
+            return seen_outcome(seen, event.event_id, fingerprint)
+        writes = _Writes()
+        already = conn.execute(
+            select(ledger_entries.c.id).where(
+                ledger_entries.c.account_id == account["id"],
+                ledger_entries.c.type == "EARN",
+                ledger_entries.c.event_type == "signup",
+            )
+        ).first()
+        rule = None if already else select_rule(active_rules(conn, "signup"), "signup", None)
+        outcome, points, entry = "already_signed_up" if already else "no_rule", 0, None
+        # No rule: the contact and account are real even while the signup bonus is paused.
+        if rule is not None:
+            points = rule.points_for()
+            refused = above_ceiling(points, account["balance"])
+            if refused:
+                raise refused
+            outcome = "earned"
+            entry = writes.earn(account["id"], account["balance"] + points,
+                                account["revision"] + 1, rule, points, event.event_id,
+                                "signup", None, rule.name)
+        result = writes.record(event.event_id, "signup", fingerprint, event.contact_id,
+                               account["id"], None, outcome, points, entry, payload, None)
+        writes.write(conn)
+        return result
+
+    return work
+
+
+def _orders(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
+            results: list[Result | None]) -> None:
+    """Apply orders in rounds: each round takes one occurrence of every event_id.
+
+    A later occurrence of an event_id is a duplicate of an applied earlier one, or a
+    conflict if its content differs; if the earlier one failed, it is tried afresh
+    in the next round, as it would be one by one.
+    """
+    by_index = dict(orders)
+    pending = orders
+    while pending:
+        taken: dict[str, int] = {}
+        round_items: list[tuple[int, OrderCompletedEvent]] = []
+        later: list[tuple[int, OrderCompletedEvent]] = []
+        for i, event in pending:
+            if event.event_id in taken:
+                later.append((i, event))
+            else:
+                taken[event.event_id] = i
+                round_items.append((i, event))
+        _orders_round(conn, round_items, results)
+        pending = []
+        for i, event in later:
+            first = taken[event.event_id]
+            done = results[first]
+            same = event.fingerprint() == by_index[first].fingerprint()
+            if isinstance(done, EventOutcome):
+                results[i] = replace(done, duplicate=True) if same else IdempotencyConflict(
+                    f"event_id {event.event_id!r} was already applied with a different payload")
+            elif same:
+                results[i] = done
+            else:
+                pending.append((i, event))
+
+
+def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
+                  results: list[Result | None]) -> None:
+    """One occurrence of each event_id: locks, reads, then one statement per table."""
+    primaries = [(i, event, *event.fingerprint_and_json()) for i, event in orders]
+    contact_ids = sorted({e.contact_id for _, e, _, _ in primaries})
+    locked = {row["contact_id"]: row for row in conn.exec_driver_sql(
+        sql.LOCK_ACCOUNTS_BY_CONTACT, {"contacts": contact_ids}).mappings()}
+    # Looked up after the locks, which serialise concurrent deliveries of an event.
+    seen = _seen(conn, [e.event_id for _, e, _, _ in primaries])
+    pairs = {(locked[e.contact_id]["id"], e.order_id) for _, e, _, _ in primaries
+             if e.contact_id in locked and e.event_id not in seen}
+    #: (account, order) that earned already -> that earn's event_id and payload.
+    earned: dict[tuple[UUID, str], tuple[str, Any]] = {}
+    if pairs:
+        ordered = sorted(pairs)
+        earned = {(a, o): (e, p) for a, o, e, p in conn.exec_driver_sql(sql.EARNED_ORDERS, {
+            "accounts": [a for a, _ in ordered], "orders": [o for _, o in ordered]})}
+    rules = active_rules(conn, "order.completed") if pairs else []
+
+    running = {row["id"]: row["balance"] for row in locked.values()}
+    revisions = {row["id"]: row["revision"] for row in locked.values()}
+    writes = _Writes()
+    for i, event, fingerprint, payload in primaries:
+        row = seen.get(event.event_id)
+        if row is not None:
+            try:
+                results[i] = seen_outcome(row, event.event_id, fingerprint)
+            except IdempotencyConflict as exc:
+                results[i] = exc
+            continue
+        account = locked.get(event.contact_id)
+        if account is None:
+            results[i] = AccountNotFound(
+                f"no loyalty account for contact_id {event.contact_id!r}")
+            continue
+        account_id = account["id"]
+        outcome, points, entry, detail = "duplicate_order", 0, None, None
+        first = earned.get((account_id, event.order_id))
+        if first is not None:
+            detail = order_change(first[0], first[1], event)
+            if detail:
+                outcome = "duplicate_order_changed"
+        else:
+            rule = select_rule(rules, "order.completed", event.currency)
+            if rule is None:
+                results[i] = NoActiveRule(
+                    f"no active order.completed rule for currency {event.currency}")
+                continue
+            points = rule.points_for(event.total)
+            outcome = "no_points"
+            refused = above_ceiling(points, running[account_id]) if points else None
+            if refused:
+                results[i] = refused
+                continue
+            if points:
+                outcome = "earned"
+                earned[(account_id, event.order_id)] = (event.event_id, json.loads(payload))
+                running[account_id] += points
+                revisions[account_id] += 1
+                entry = writes.earn(account_id, running[account_id], revisions[account_id],
+                                    rule, points, event.event_id, "order.completed", event,
+                                    f"Order {event.order_id}")
+        results[i] = writes.record(event.event_id, "order.completed", fingerprint,
+                                   event.contact_id, account_id, event.order_id, outcome, points,
+                                   entry, payload, detail)
+    writes.write(conn)
+
+
+def _seen(conn: Connection, event_ids: list[str]) -> dict[str, Mapping[Any, Any]]:
+    """What earlier deliveries of these events did, by event_id."""
+    return {row["event_id"]: row for row in conn.exec_driver_sql(
+        sql.SEEN_EVENTS, {"events": event_ids}).mappings()}
+
+
+class _Writes:
+    """What a unit of earning writes, gathered, then sent as one statement per table."""
+
+    def __init__(self) -> None:
+        self.credits: dict[UUID, int] = {}
+        self.changes: dict[UUID, int] = {}
+        self.entries: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []
+
+    def earn(self, account_id: UUID, balance_after: int, revision_after: int, rule: EarnRule,
+             points: int, event_id: str, event_type: str, order: OrderCompletedEvent | None,
+             description: str) -> UUID:
+        """One EARN entry; `balance_after` and `revision_after` continue the account's chain."""
+        entry = entry_id()
+        self.credits[account_id] = self.credits.get(account_id, 0) + points
+        self.changes[account_id] = self.changes.get(account_id, 0) + 1
+        self.entries.append(earn_entry(entry, account_id, balance_after, revision_after, rule,
+                                       points, event_id, event_type, order, description))
+        return entry
+
+    def record(self, event_id: str, event_type: str, fingerprint: str, contact_id: str,
+               account_id: UUID, order_id: str | None, outcome: str, points: int,
+               entry: UUID | None, payload: str, detail: dict[str, Any] | None
+               ) -> EventOutcome:
+        """The event's processed record (its idempotency key), and what it reports."""
+        self.records.append({
+            "event_id": event_id, "event_type": event_type, "fingerprint": fingerprint,
+            "contact_id": contact_id, "account_id": account_id, "order_id": order_id,
+            "outcome": outcome, "points": points, "ledger_entry_id": entry, "payload": payload,
+            "detail": json.dumps(detail) if detail else None})
+        return EventOutcome(event_id=event_id, outcome=outcome, points=points,
+                            account_id=str(account_id),
+                            ledger_entry_id=str(entry) if entry else None, detail=detail)
+
+    def write(self, conn: Connection) -> None:
+        # The accounts first, then the entries in order: the ledger's statement trigger
+        # checks each balance_after against the one before it, and the last against the
+        # account.
+        if self.credits:
+            ids = sorted(self.credits)
+            conn.exec_driver_sql(sql.CREDIT_ACCOUNTS, {
+                "ids": ids, "points": [self.credits[a] for a in ids],
+                "entries": [self.changes[a] for a in ids]})
+        if self.entries:
+            conn.exec_driver_sql(sql.INSERT_ENTRIES,
+                                 sql.columns(self.entries, sql.ENTRY_COLUMNS))
+        if self.records:
+            conn.exec_driver_sql(sql.INSERT_PROCESSED,
+                                 sql.columns(self.records, sql.PROCESSED_COLUMNS))

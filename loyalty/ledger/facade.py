@@ -1,0 +1,150 @@
+"""`Ledger`: one object that holds the engine and answers with the rooms' functions.
+
+Callers that hold a `Ledger` (the worker, the command line, the tests) need not
+know which room a thing lives in; each method is one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+
+from loyalty.errors import LoyaltyError
+from loyalty.ledger import (
+    accounts,
+    adjusting,
+    crashes,
+    dead_letters,
+    earn_rules,
+    earning,
+    verify,
+)
+from loyalty.ledger.dead_letters import Decode
+from loyalty.ledger.entries import EventOutcome
+from schemas.events import AdjustPointsRequest, OrderCompletedEvent, SignupEvent
+
+
+class Ledger:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- earning -------------------------------------------------------------------
+
+    def apply_signup(self, event: SignupEvent) -> EventOutcome:
+        return earning.apply_signup(self.engine, event)
+
+    def apply_order(self, event: OrderCompletedEvent) -> EventOutcome:
+        return earning.apply_order(self.engine, event)
+
+    def apply_events(self, events: Sequence[SignupEvent | OrderCompletedEvent]
+                     ) -> list[EventOutcome | LoyaltyError]:
+        return earning.apply_events(self.engine, events)
+
+    # -- adjusting -------------------------------------------------------------------
+
+    def adjust_points(self, request: AdjustPointsRequest) -> dict[str, Any]:
+        return adjusting.adjust_points(self.engine, request)
+
+    # -- accounts and what happened to them --------------------------------------------
+
+    def get_account(self, *, account_id: str | None = None, contact_id: str | None = None,
+                    member_id: str | None = None) -> dict[str, Any]:
+        return accounts.get_account(self.engine, account_id=account_id, contact_id=contact_id,
+                                    member_id=member_id)
+
+    def list_accounts(self, limit: int, cursor: str | None = None) -> dict[str, Any]:
+        return accounts.list_accounts(self.engine, limit, cursor)
+
+    def list_transactions(self, *, account_id: str | None = None, contact_id: str | None = None,
+                          type_: str | None = None, limit: int = 50,
+                          cursor: str | None = None) -> dict[str, Any]:
+        return accounts.list_transactions(self.engine, account_id=account_id,
+                                          contact_id=contact_id, type_=type_, limit=limit,
+                                          cursor=cursor)
+
+    def list_events(self, *, contact_id: str | None = None, outcome: str | None = None,
+                    limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        return accounts.list_events(self.engine, contact_id=contact_id, outcome=outcome,
+                                    limit=limit, cursor=cursor)
+
+    def totals(self) -> dict[str, Any]:
+        return accounts.totals(self.engine)
+
+    # -- earn rules ------------------------------------------------------------------
+
+    def list_rules(self) -> dict[str, Any]:
+        return earn_rules.list_rules(self.engine)
+
+    def create_rule(self, *, name: str, trigger: str, kind: str, points: int,
+                    money_amount: Decimal | None, currency: str | None,
+                    status: str = "ACTIVE") -> dict[str, Any]:
+        return earn_rules.create_rule(self.engine, name=name, trigger=trigger, kind=kind,
+                                      points=points, money_amount=money_amount,
+                                      currency=currency, status=status)
+
+    def update_rule(self, rule_id: int, *, expected_revision: int | None = None,
+                    name: str | None = None, kind: str | None = None, points: int | None = None,
+                    money_amount: Decimal | None = None, currency: str | None = None,
+                    any_currency: bool = False, status: str | None = None) -> dict[str, Any]:
+        return earn_rules.update_rule(self.engine, rule_id, expected_revision=expected_revision,
+                                      name=name, kind=kind, points=points,
+                                      money_amount=money_amount, currency=currency,
+                                      any_currency=any_currency, status=status)
+
+    # -- dead letters and replay -------------------------------------------------------
+
+    def add_dead_letter(self, *, task_name: str | None, message_id: str | None, payload: str,
+                        headers: Mapping[Any, Any], reason: str, error_detail: str) -> int:
+        return dead_letters.add_dead_letter(self.engine, task_name=task_name,
+                                            message_id=message_id, payload=payload,
+                                            headers=headers, reason=reason,
+                                            error_detail=error_detail)
+
+    def dead_letter(self, letter_id: int) -> dict[str, Any]:
+        return dead_letters.dead_letter(self.engine, letter_id)
+
+    def dead_letter_stats(self) -> dict[str, Any]:
+        return dead_letters.dead_letter_stats(self.engine)
+
+    def list_dead_letters(self, *, reason: str | None = None, status: str | None = None,
+                          since: datetime | None = None, limit: int = 50,
+                          cursor: str | None = None) -> dict[str, Any]:
+        return dead_letters.list_dead_letters(self.engine, reason=reason, status=status,
+                                              since=since, limit=limit, cursor=cursor)
+
+    def pending_dead_letter_ids(self, *, ids: list[int] | None = None, reason: str | None = None,
+                                since: datetime | None = None,
+                                limit: int | None = 100_000) -> list[int]:
+        return dead_letters.pending_dead_letter_ids(self.engine, ids=ids, reason=reason,
+                                                    since=since, limit=limit)
+
+    def replay_dead_letter(self, letter_id: int, decode: Decode, *, dry_run: bool = False,
+                           actor: str | None = None) -> dict[str, Any]:
+        return dead_letters.replay_dead_letter(self.engine, letter_id, decode, dry_run=dry_run,
+                                               actor=actor)
+
+    def replay_dead_letters(self, letter_ids: Sequence[int], decode: Decode, *,
+                            dry_run: bool = False, actor: str | None = None
+                            ) -> list[dict[str, Any]]:
+        return dead_letters.replay_dead_letters(self.engine, letter_ids, decode,
+                                                dry_run=dry_run, actor=actor)
+
+    def discard_dead_letter(self, letter_id: int, *, why: str, actor: str) -> dict[str, Any]:
+        return dead_letters.discard_dead_letter(self.engine, letter_id, why=why, actor=actor)
+
+    # -- crashes ---------------------------------------------------------------------
+
+    def record_crash(self, message_id: str, task_name: str | None, error: str) -> int:
+        return crashes.record_crash(self.engine, message_id, task_name, error)
+
+    def record_crashes(self, messages: Mapping[str, str | None], error: str) -> dict[str, int]:
+        return crashes.record_crashes(self.engine, messages, error)
+
+    # -- verification ----------------------------------------------------------------
+
+    def verify(self) -> dict[str, Any]:
+        return verify.verify(self.engine)

@@ -1,0 +1,103 @@
+"""The set-based statements: constant SQL text with one array per column.
+
+Constant text is compiled and planned once; an IN list or a VALUES list of 500
+rows would be rebuilt in Python for every batch, which costs more than
+PostgreSQL spends running the statement (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+
+from loyalty.tables import accounts, contacts
+
+#: An account with its contact's member_id, as reads and locks return it.
+ACCOUNT = select(accounts, contacts.c.member_id).join(
+    contacts, contacts.c.contact_id == accounts.c.contact_id
+)
+
+
+def set_based(sql: str) -> str:
+    """A statement for `exec_driver_sql` whose `:name` arrays are sent in binary.
+
+    psycopg quotes every element of an array sent as text, one regular expression
+    each; binary arrays are packed in C.
+    """
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)b", sql)
+
+
+def unnest_insert(table: str, columns: dict[str, str], stamp: str | None = None) -> str:
+    """A multi-row INSERT whose text never changes: one array per column, rows in order."""
+    names = ", ".join(columns)
+    arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in columns.items())
+    # `stamp`: a time column set when the rows are written, not when the batch began.
+    into, chosen = (f"{names}, {stamp}", f"{names}, clock_timestamp()") if stamp \
+        else (names, names)
+    sql = (f"INSERT INTO {table} ({into}) SELECT {chosen} FROM unnest({arrays})"  # noqa: S608
+           f" WITH ORDINALITY AS rows({names}, n) ORDER BY n")
+    return set_based(sql)
+
+
+def columns(rows: list[dict[str, Any]], names: dict[str, str]) -> dict[str, list[Any]]:
+    """Rows turned into the column arrays that `unnest_insert` takes."""
+    return {c: [row[c] for row in rows] for c in names}
+
+
+# -- earning -----------------------------------------------------------------------
+
+LOCK_ACCOUNTS_BY_CONTACT = set_based(
+    "SELECT id, contact_id, balance, revision FROM accounts"
+    " WHERE contact_id = ANY(CAST(:contacts AS text[])) ORDER BY id FOR UPDATE")
+SEEN_EVENTS = set_based(
+    "SELECT event_id, fingerprint, outcome, points, account_id, ledger_entry_id, detail"
+    " FROM processed_events WHERE event_id = ANY(CAST(:events AS text[]))")
+#: Which (account, order) pairs have earned already: one index probe per pair
+#: (uq_ledger_entries_one_order), where a row-value IN list is planned as a scan.
+EARNED_ORDERS = set_based(
+    "SELECT e.account_id, e.order_id, e.event_id, pe.payload FROM unnest(CAST(:accounts AS uuid[]),"
+    " CAST(:orders AS text[])) AS p(account_id, order_id)"
+    " JOIN ledger_entries e ON e.account_id = p.account_id AND e.order_id = p.order_id"
+    " AND e.type = 'EARN' AND e.order_id IS NOT NULL"
+    " LEFT JOIN processed_events pe ON pe.event_id = e.event_id")
+#: One UPDATE for all credited accounts; the revision counts changes, one per entry.
+CREDIT_ACCOUNTS = set_based(
+    "UPDATE accounts a SET balance = a.balance + d.points, earned = a.earned + d.points,"
+    " revision = a.revision + d.entries, updated_at = now(), last_activity_at = now()"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:points AS bigint[]), CAST(:entries AS bigint[]))"
+    " AS d(id, points, entries) WHERE a.id = d.id")
+
+ENTRY_COLUMNS = {
+    "id": "uuid", "account_id": "uuid", "type": "text", "amount": "bigint",
+    "balance_after": "bigint", "description": "text", "idempotency_key": "text",
+    "event_type": "text", "event_id": "text", "order_id": "text", "rule_id": "bigint",
+    "rule_revision": "bigint", "account_revision": "bigint", "order_total": "numeric",
+    "currency": "text",
+}
+PROCESSED_COLUMNS = {
+    "event_id": "text", "event_type": "text", "fingerprint": "text", "contact_id": "text",
+    "account_id": "uuid", "order_id": "text", "outcome": "text", "points": "bigint",
+    "ledger_entry_id": "uuid", "payload": "jsonb", "detail": "jsonb",
+}
+INSERT_ENTRIES = unnest_insert("ledger_entries", ENTRY_COLUMNS)
+INSERT_PROCESSED = unnest_insert("processed_events", PROCESSED_COLUMNS, "processed_at")
+
+# -- dead letters --------------------------------------------------------------------
+
+LOCK_LETTERS = set_based(
+    "SELECT id, task_name, payload, headers, status, reason FROM dead_letters"
+    " WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE")
+LETTERS_REPLAYED = set_based(
+    "UPDATE dead_letters d SET status = 'replayed', replayed_at = now(),"
+    " replay_outcome = CAST(u.outcome AS jsonb)"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[])) AS u(id, outcome)"
+    " WHERE d.id = u.id")
+#: A failed replay keeps the reason the letter was kept for (and its error detail);
+#: what the replay ran into goes in replay_outcome.
+LETTERS_FAILED_AGAIN = set_based(
+    "UPDATE dead_letters d SET attempts = d.attempts + 1, last_failed_at = now(),"
+    " replay_outcome = CAST(u.outcome AS jsonb)"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[])) AS u(id, outcome)"
+    " WHERE d.id = u.id")

@@ -1,0 +1,145 @@
+"""`loyalty verify`: every ledger invariant checked again, across the whole database.
+
+The triggers and constraints refuse a bad write as it happens; these queries
+read what is stored, independently of them, so a rule switched off or bypassed
+still shows here.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Engine, text
+
+from loyalty.ledger.boundary import run
+
+
+def verify(engine: Engine) -> dict[str, Any]:
+    """Re-check every ledger invariant across the whole database, independently of triggers."""
+    def work(conn: Connection) -> dict[str, Any]:
+        conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        violations = []
+        for check, sql in CHECKS.items():
+            for row in conn.execute(text(sql)).mappings():
+                violations.append({"check": check, **{k: _json_value(v) for k, v in row.items()}})
+        counts = conn.execute(text(
+            "SELECT (SELECT count(*) FROM accounts) AS accounts,"
+            " (SELECT count(*) FROM ledger_entries) AS entries,"
+            # Order EARNs written before their totals were recorded (migration 0007)
+            # cannot be computed again; they are counted, not reported.
+            " (SELECT count(*) FROM ledger_entries WHERE type = 'EARN'"
+            "  AND event_type = 'order.completed' AND order_total IS NULL)"
+            " AS earns_not_recomputable"
+        )).mappings().one()
+        return {"ok": not violations, "checked": dict(counts), "violations": violations}
+
+    return run(engine, work)
+
+
+def _json_value(value: Any) -> Any:
+    """A violation's column as JSON: ids as text, sums (numeric in SQL) as integers."""
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return int(value)
+    return value
+
+
+CHECKS = {
+    "balance_not_negative": "SELECT id AS account_id, balance FROM accounts WHERE balance < 0",
+    "balance_adds_up": """
+        SELECT id AS account_id, balance, earned, adjusted, redeemed, expired FROM accounts
+        WHERE balance <> earned + adjusted - redeemed - expired""",
+    "balance_equals_ledger": """
+        SELECT a.id AS account_id, a.balance, COALESCE(s.total, 0) AS ledger_sum
+        FROM accounts a LEFT JOIN (
+            SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY account_id
+        ) s ON s.account_id = a.id
+        WHERE a.balance <> COALESCE(s.total, 0)""",
+    "totals_equal_ledger": """
+        SELECT a.id AS account_id, a.earned, a.adjusted, a.redeemed, a.expired,
+               COALESCE(s.earned, 0) AS ledger_earned, COALESCE(s.adjusted, 0) AS ledger_adjusted,
+               COALESCE(s.redeemed, 0) AS ledger_redeemed, COALESCE(s.expired, 0) AS ledger_expired
+        FROM accounts a LEFT JOIN (
+            SELECT account_id,
+                   sum(amount) FILTER (WHERE type = 'EARN') AS earned,
+                   sum(amount) FILTER (WHERE type = 'ADJUST') AS adjusted,
+                   -sum(amount) FILTER (WHERE type IN ('REDEEM', 'REFUND')) AS redeemed,
+                   -sum(amount) FILTER (WHERE type = 'EXPIRE') AS expired
+            FROM ledger_entries GROUP BY account_id
+        ) s ON s.account_id = a.id
+        WHERE (a.earned, a.adjusted, a.redeemed, a.expired) IS DISTINCT FROM
+              (COALESCE(s.earned, 0), COALESCE(s.adjusted, 0),
+               COALESCE(s.redeemed, 0), COALESCE(s.expired, 0))""",
+    "balance_after_chain": """
+        SELECT account_id, id AS entry_id, expected, balance_after FROM (
+            SELECT account_id, id, balance_after,
+                   COALESCE(lag(balance_after) OVER w, 0) + amount AS expected
+            FROM ledger_entries WINDOW w AS (PARTITION BY account_id ORDER BY seq)
+        ) chained WHERE balance_after <> expected""",
+    "revision_counts_changes": """
+        SELECT a.id AS account_id, a.revision, 1 + COALESCE(n.entries, 0) AS expected
+        FROM accounts a LEFT JOIN (
+            SELECT account_id, count(*) AS entries FROM ledger_entries GROUP BY account_id
+        ) n ON n.account_id = a.id
+        WHERE a.revision <> 1 + COALESCE(n.entries, 0)""",
+    "revision_chain": """
+        SELECT account_id, id AS entry_id, seq, account_revision, expected FROM (
+            SELECT account_id, id, seq, account_revision,
+                   1 + row_number() OVER (PARTITION BY account_id ORDER BY seq) AS expected
+            FROM ledger_entries
+        ) chained WHERE account_revision <> expected""",
+    # Two independent orders of an account's entries, by seq and by revision, must agree;
+    # and every seq must be one the sequence issued.
+    "seq_order": """
+        SELECT account_id, id AS entry_id, seq, previous_seq FROM (
+            SELECT account_id, id, seq,
+                   lag(seq) OVER (PARTITION BY account_id ORDER BY account_revision) AS previous_seq
+            FROM ledger_entries
+        ) ordered WHERE seq <= previous_seq""",
+    "seq_issued": """
+        SELECT account_id, id AS entry_id, seq FROM ledger_entries
+        WHERE seq <= 0 OR seq > COALESCE(
+            pg_sequence_last_value('public.ledger_entries_seq_seq'::regclass), 0)""",
+    # Each EARN computed again from the rule revision it names and what it was computed
+    # from: a rewrite that keeps every balance consistent still shows here.
+    "earn_follows_rule": """
+        SELECT e.account_id, e.id AS entry_id, e.event_id, e.amount, x.expected
+        FROM ledger_entries e
+        JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
+        CROSS JOIN LATERAL (SELECT CASE
+            WHEN r.trigger <> e.event_type THEN NULL
+            WHEN r.kind = 'fixed' THEN r.points
+            WHEN e.order_total IS NULL THEN e.amount
+            WHEN r.currency IS NOT NULL AND r.currency <> e.currency THEN NULL
+            ELSE div(e.order_total * r.points, r.money_amount) END AS expected) x
+        WHERE e.type = 'EARN' AND e.amount IS DISTINCT FROM x.expected""",
+    "earn_has_rule_revision": """
+        SELECT e.account_id, e.id AS entry_id, e.rule_id, e.rule_revision FROM ledger_entries e
+        LEFT JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
+        WHERE e.type = 'EARN' AND r.rule_id IS NULL
+          AND e.rule_revision >= (SELECT min(h.revision) FROM earn_rule_revisions h
+                                  WHERE h.rule_id = e.rule_id)""",
+    "order_earns_once": """
+        SELECT account_id, order_id, count(*) AS earns FROM ledger_entries
+        WHERE type = 'EARN' AND order_id IS NOT NULL
+        GROUP BY account_id, order_id HAVING count(*) > 1""",
+    "signup_earns_once": """
+        SELECT account_id, count(*) AS earns FROM ledger_entries
+        WHERE type = 'EARN' AND event_type = 'signup'
+        GROUP BY account_id HAVING count(*) > 1""",
+    "processed_event_matches_entry": """
+        SELECT p.event_id, p.points, e.amount FROM processed_events p
+        LEFT JOIN ledger_entries e ON e.id = p.ledger_entry_id
+        WHERE p.outcome = 'earned' AND (e.id IS NULL OR e.amount <> p.points
+              OR e.event_id IS DISTINCT FROM p.event_id OR e.account_id <> p.account_id)""",
+    "entry_has_processed_event": """
+        SELECT e.id AS entry_id, e.event_id FROM ledger_entries e
+        LEFT JOIN processed_events p ON p.ledger_entry_id = e.id
+        WHERE e.type = 'EARN' AND p.event_id IS NULL""",
+    "account_has_contact": """
+        SELECT a.id AS account_id, a.contact_id FROM accounts a
+        LEFT JOIN contacts c ON c.contact_id = a.contact_id WHERE c.contact_id IS NULL""",
+}

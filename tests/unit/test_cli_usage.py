@@ -1,0 +1,34 @@
+"""Usage errors of the `loyalty` program, in-process: no database, broker or subprocess.
+
+The same `main` as the installed program, so the exit code and the one-line error are
+the ones an operator sees; the errors that need a database stay in tests/e2e/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from loyalty.cli import main
+
+
+#: Usage errors that click or the command itself refuses before any database or broker
+#: is touched: run in-process, through the same `main` and its exit codes.
+@pytest.mark.parametrize(("args", "message"), [
+    (["dlq", "show", str(2**63)], "LETTER_ID"),
+    (["accounts", "get"], "exactly one of"),
+    (["accounts", "list", "--limit", "0"], "--limit"),
+    (["transactions", "list", "--contact-id", "x", "--type", "GIFT"], "--type"),
+    (["adjust", "--contact-id", "x", "--amount", "1", "--balance", "2", "--description", "d",
+      "--actor", "a"], "exactly one of"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    with CliRunner().isolation() as (_out, err, *_):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        stderr = err.getvalue().decode()
+    assert exited.value.code == 2, stderr
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "Traceback" not in stderr
