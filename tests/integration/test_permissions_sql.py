@@ -161,19 +161,30 @@ def test_every_function_has_a_fixed_search_path(raw: psycopg.Connection) -> None
         assert config and "search_path=pg_catalog, pg_temp" in config, name
 
 
-def test_verify_reports_a_consistent_rewrite(raw_super: psycopg.Connection, account_id: str,
-                                             ledger: Ledger) -> None:
-    """Finding 8: with triggers off, an order's EARN raised by 900 and every balance column
-    made to agree. Only recomputing the EARN from its rule and order total shows it."""
+@pytest.mark.parametrize("who", ["owner", "superuser"])
+def test_verify_reports_a_consistent_rewrite(raw_super: psycopg.Connection,
+                                             raw_owner: psycopg.Connection, account_id: str,
+                                             ledger: Ledger, who: str) -> None:
+    """Finding 8: with triggers off (the owner disables its own, a superuser switches all
+    off), an order's EARN raised by 900 and every balance column made to agree. Only
+    recomputing the EARN from its rule and order total shows it."""
     ledger.apply_order(order("c1", "B", "49.90"))
     assert ledger.verify()["ok"]
-    raw_super.execute("SET session_replication_role = replica")
-    with raw_super.transaction():
-        raw_super.execute("UPDATE ledger_entries SET amount = amount + 900,"
-                          " balance_after = balance_after + 900 WHERE order_id = 'B'")
-        raw_super.execute("UPDATE processed_events SET points = points + 900 WHERE order_id = 'B'")
-        raw_super.execute("UPDATE accounts SET balance = balance + 900, earned = earned + 900"
-                          " WHERE id = %s", (account_id,))
+    rewriter = raw_owner if who == "owner" else raw_super
+    with rewriter.transaction():
+        if who == "owner":
+            rewriter.execute("ALTER TABLE ledger_entries DISABLE TRIGGER USER")
+            rewriter.execute("ALTER TABLE accounts DISABLE TRIGGER USER")
+        else:
+            rewriter.execute("SET LOCAL session_replication_role = replica")
+        rewriter.execute("UPDATE ledger_entries SET amount = amount + 900,"
+                         " balance_after = balance_after + 900 WHERE order_id = 'B'")
+        rewriter.execute("UPDATE processed_events SET points = points + 900 WHERE order_id = 'B'")
+        rewriter.execute("UPDATE accounts SET balance = balance + 900, earned = earned + 900,"
+                         " revision = revision WHERE id = %s", (account_id,))
+        if who == "owner":
+            rewriter.execute("ALTER TABLE ledger_entries ENABLE TRIGGER USER")
+            rewriter.execute("ALTER TABLE accounts ENABLE TRIGGER USER")
     report = ledger.verify()
     assert [v["check"] for v in report["violations"]] == ["earn_follows_rule"]
     assert report["violations"][0]["amount"] == 949
