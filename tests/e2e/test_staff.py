@@ -7,7 +7,10 @@ Runs on both brokers (the `broker_env` fixture), as tests/e2e/test_worker.py doe
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from tests.e2e.conftest import Env, Worker
 from tests.e2e.streams import sql
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(env: Env, *args: str) -> tuple[int, dict[str, Any]]:
@@ -150,3 +154,23 @@ def test_rewards_cli_revisions_and_bad_input(broker_env: Env) -> None:
         assert message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
 
+
+
+def test_the_readme_try_it_runs_as_written(deploy) -> None:  # type: ignore[no-untyped-def]
+    """The README's shell session, verbatim, against a deployment of its own."""
+    env = deploy("redis")
+    env.worker()
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Try it", 1)[1]
+    [script] = re.findall(r"```sh\n(.*?)```", section, re.S)[:1]
+    done = subprocess.run(["bash", "-c", script], env=env.vars, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert "error" not in done.stderr.lower(), done.stderr
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"applied: transaction \S+, code [2-9A-Z]{4}(-[2-9A-Z]{4}){3};", done.stdout)
+    account = env.cli_json("accounts", "get", "--contact-id", "alice")
+    assert account["points"] == {"balance": 174, "earned": 149, "adjusted": 25, "redeemed": 0,
+                                 "expired": 0}
+    types = [e["type"] for e in env.cli_json("transactions", "list", "--contact-id",
+                                             "alice")["items"]]
+    assert types == ["REFUND", "REDEEM", "ADJUST", "EARN", "EARN"]

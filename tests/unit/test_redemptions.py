@@ -137,3 +137,22 @@ def test_redeem_by_amount_and_other_contracts() -> None:
     with pytest.raises(ValidationError):
         RefundTransactionRequest.model_validate({"request_id": "r", "transaction_id": "T1",
                                                  "actor": "a"})
+
+
+def test_every_staff_rejection_reason_is_listed() -> None:
+    """The decisions answer only with the reasons the contract lists."""
+    from loyalty.errors import STAFF_REJECTIONS
+
+    given: list[str | None] = [refund_refused(entry_type=t, refunded=r, balance=b, points=10)
+                               for t in ("REDEEM", "EARN") for r in (False, True)
+                               for b in (0, 999_999_999)]
+    for reward in (None, MUG, Reward(1, "Mug", 30, "PAUSED", 1)):
+        for expected in (None, 1):
+            given.append(decide_redemption(balance=10, revision=2, expected_revision=expected,
+                                           reward_asked=True, reward=reward, count=1,
+                                           amount=None).reason)
+    assert {g for g in given if g} == {"not_refundable", "already_refunded",
+                                       "balance_above_maximum", "reward_not_found",
+                                       "reward_paused", "revision_mismatch",
+                                       "insufficient_balance"}
+    assert {g for g in given if g} <= set(STAFF_REJECTIONS)
