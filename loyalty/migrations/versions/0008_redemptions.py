@@ -14,8 +14,11 @@ that PostgreSQL keeps exact.
 - An EARN may also be a staff earn: no event and no rule, an `activity` and an `actor`.
 - `ledger_totals`: each account's per-type sums of its ledger, kept by a statement
   trigger (owned by the schema owner; the application may only read it) as entries are
-  inserted. At COMMIT each written account's `earned`, `adjusted`, `redeemed` and
-  `expired` must equal them: O(1) per account, however long its ledger.
+  inserted, and each account written must then carry exactly those in `earned`,
+  `adjusted`, `redeemed` and `expired`: one set-based statement per INSERT, O(1) per
+  account however long its ledger. Any later change of the account moves its revision
+  past its ledger's, which the COMMIT check refuses; an account without entries must
+  have no totals (checked at COMMIT).
   `TOTALS` below is the one place that says how each entry type counts; a new total
   (say `reversed`) is a column on both tables plus one line there, rendered again by
   `totals_functions`.
@@ -60,52 +63,69 @@ def totals_functions(totals: dict[str, str]) -> list[str]:
     cols = ", ".join(names)
     sums = ", ".join(f"COALESCE({expr}, 0)" for expr in totals.values())
     added = ", ".join(f"{n} = t.{n} + EXCLUDED.{n}" for n in names)
-    cached = ", ".join(f"cached.{n}" for n in names)
-    kept = ", ".join(f"COALESCE(kept.{n}, 0)" for n in names)
+    cached = ", ".join(f"a.{n}" for n in names)
+    kept = ", ".join(f"t.{n}" for n in names)
+    zeros = ", ".join("0" for _ in names)
     return [
-        # Runs as the schema owner: the application may read ledger_totals, never write it.
+        # Per INSERT statement, after `ledger_entries_checked` has locked the accounts:
+        # the new entries' sums are added to the kept totals, and every account written
+        # must then carry exactly those. Runs as the schema owner: the application may
+        # read ledger_totals, never write it.
         f"""
         CREATE OR REPLACE FUNCTION public.loyalty_ledger_totals() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER {SAFE} AS $$
+        DECLARE
+            bad record;
         BEGIN
             INSERT INTO public.ledger_totals AS t (account_id, {cols})
                 SELECT account_id, {sums} FROM new_entries GROUP BY account_id
                 ON CONFLICT (account_id) DO UPDATE SET {added};
+            SELECT a.id, ROW({cached}) AS cached, ROW({kept}) AS kept INTO bad
+                FROM public.accounts a JOIN public.ledger_totals t ON t.account_id = a.id
+                WHERE a.id IN (SELECT account_id FROM new_entries)
+                  AND ROW({cached}) IS DISTINCT FROM ROW({kept})
+                LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION 'account % totals ({cols}) = % do not match its ledger (%)',
+                    bad.id, bad.cached, bad.kept
+                    USING ERRCODE = 'check_violation',
+                          CONSTRAINT = 'accounts_totals_match_ledger';
+            END IF;
             RETURN NULL;
         END $$
         """,
         # Deferred, per updated or inserted account: at COMMIT its balance and revision
-        # must be those of its last entry, and its totals those its ledger adds up to.
+        # must be those of its last entry. Its totals were checked by the last INSERT of
+        # its entries (any later UPDATE moves its revision past its ledger's, refused
+        # here); an account without entries must have none.
         f"""
         CREATE OR REPLACE FUNCTION public.loyalty_balance_matches_ledger() RETURNS trigger
         LANGUAGE plpgsql {SAFE} AS $$
         DECLARE
             account uuid := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
-            cached record;
+            a record;
             last record;
-            kept record;
         BEGIN
-            SELECT * INTO cached FROM public.accounts WHERE id = account;
+            SELECT * INTO a FROM public.accounts WHERE id = account;
             SELECT balance_after, account_revision INTO last FROM public.ledger_entries
                 WHERE account_id = account ORDER BY seq DESC LIMIT 1;
-            IF cached.balance IS DISTINCT FROM COALESCE(last.balance_after, 0) THEN
+            IF NOT FOUND AND ROW({cached}) IS DISTINCT FROM ROW({zeros}) THEN
+                RAISE EXCEPTION 'account % has no ledger entries but totals ({cols}) = %',
+                    account, ROW({cached})
+                    USING ERRCODE = 'check_violation',
+                          CONSTRAINT = 'accounts_totals_match_ledger';
+            END IF;
+            IF a.balance IS DISTINCT FROM COALESCE(last.balance_after, 0) THEN
                 RAISE EXCEPTION 'account % balance % does not match its ledger (%)',
-                    account, cached.balance, COALESCE(last.balance_after, 0)
+                    account, a.balance, COALESCE(last.balance_after, 0)
                     USING ERRCODE = 'check_violation',
                           CONSTRAINT = 'accounts_balance_matches_ledger';
             END IF;
-            IF cached.revision IS DISTINCT FROM COALESCE(last.account_revision, 1) THEN
+            IF a.revision IS DISTINCT FROM COALESCE(last.account_revision, 1) THEN
                 RAISE EXCEPTION 'account % revision % does not match its ledger (%)',
-                    account, cached.revision, COALESCE(last.account_revision, 1)
+                    account, a.revision, COALESCE(last.account_revision, 1)
                     USING ERRCODE = 'check_violation',
                           CONSTRAINT = 'accounts_revision_matches_ledger';
-            END IF;
-            SELECT {cols} INTO kept FROM public.ledger_totals WHERE account_id = account;
-            IF ROW({cached}) IS DISTINCT FROM ROW({kept}) THEN
-                RAISE EXCEPTION 'account % totals ({cols}) = % do not match its ledger (%)',
-                    account, ROW({cached}), ROW({kept})
-                    USING ERRCODE = 'check_violation',
-                          CONSTRAINT = 'accounts_totals_match_ledger';
             END IF;
             RETURN NULL;
         END $$
