@@ -245,3 +245,22 @@ def test_every_new_function_is_hardened(raw: psycopg.Connection) -> None:
                  "loyalty_entry_has_redemption", "loyalty_redemption_matches_entries",
                  "loyalty_redemption_refund_only", "loyalty_balance_matches_ledger"):
         assert "search_path=pg_catalog, pg_temp" in rows[name], name
+
+
+def test_verify_reports_redemption_damage_done_with_triggers_off(
+        raw_super: psycopg.Connection, ledger: Ledger, spent: dict[str, Any]) -> None:
+    """As a superuser with every trigger switched off, as a careless restore might."""
+    back = ledger.refund_transaction(refund(spent["transaction_id"], "f-1"))
+    other = ledger.redeem_points(redeem("alice", "r-3", amount=10))
+    bob = ledger.list_redemptions(contact_id="bob", limit=1)["items"][0]
+    assert ledger.verify()["ok"]
+    raw_super.execute("SET session_replication_role = replica")
+    raw_super.execute("UPDATE redemptions SET status = 'ISSUED', refund_entry_id = NULL,"
+                      " refunded_at = NULL WHERE id = %s", (back["redemption"]["id"],))
+    raw_super.execute("DELETE FROM redemptions WHERE id = %s", (other["redemption"]["id"],))
+    raw_super.execute("UPDATE redemptions SET points = points + 1 WHERE id = %s", (bob["id"],))
+    raw_super.execute("UPDATE ledger_entries SET amount = amount - 1 WHERE id = %s",
+                      (back["transaction_id"],))
+    checks = {v["check"] for v in ledger.verify()["violations"]}
+    assert {"redemption_refund_matches", "redeem_has_redemption", "redemption_matches_entry",
+            "refund_matches_redeem", "totals_equal_ledger"} <= checks, checks
