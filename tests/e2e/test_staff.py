@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from loyalty.publish import Publisher
-from tests.e2e.conftest import Env, Worker
+from tests.e2e.conftest import Env, Worker, wait_for
 from tests.e2e.streams import sql
 
 pytestmark = pytest.mark.e2e
@@ -117,11 +117,18 @@ def test_staff_rejections_through_the_worker(broker_env: Env, running_worker: Wo
             "request_id": f"bad-{contact}", "contact_id": contact, "reward_id": paused["id"],
             "amount": 5, "actor": "ops"}], queue="loyalty.admin").get(timeout=60)
         assert (raw["status"], raw["reason"]) == ("rejected", "invalid_payload")
+        # A redemption sent where shops publish is never run.
+        publisher.app.send_task("loyalty.accounts.redeem_points", args=[{
+            "request_id": f"sneak-{contact}", "contact_id": contact, "amount": 5,
+            "actor": "shop"}], queue="loyalty.events")
+        wait_for(lambda: sql(broker_env, "SELECT 1 FROM dead_letters WHERE reason ="
+                                         " 'wrong_queue' AND payload LIKE %s",
+                             f"%sneak-{contact}%"), 60, "the wrong_queue letter")
     assert broker_env.cli_json("accounts", "get", "--contact-id", contact)["points"]["balance"] \
         == 5
     letters = {r[0] for r in sql(broker_env, "SELECT reason FROM dead_letters WHERE payload"
                                              " LIKE %s", f"%{contact}%")}
-    assert letters == {"idempotency_conflict", "invalid_payload"}
+    assert letters == {"idempotency_conflict", "invalid_payload", "wrong_queue"}
 
 
 def test_rewards_cli_revisions_and_bad_input(broker_env: Env) -> None:
