@@ -67,6 +67,24 @@ class RuleNotFound(LoyaltyError):
     reason = "rule_not_found"
 
 
+class RewardError(LoyaltyError):
+    """A change to the rewards catalogue that was refused (a stale revision, say)."""
+
+    reason = "invalid_reward"
+
+
+class InvalidReward(RewardError):
+    """A reward's terms are invalid input (exit 2), as against a refused change (exit 1)."""
+
+
+class RewardNotFound(LoyaltyError):
+    reason = "reward_not_found"
+
+
+class RedemptionNotFound(LoyaltyError):
+    reason = "redemption_not_found"
+
+
 class DeadLetterNotFound(LoyaltyError):
     reason = "dead_letter_not_found"
 
@@ -90,6 +108,14 @@ class TransientError(LoyaltyError):
 class PublishError(LoyaltyError):
     reason = "publish_failed"
 
+
+#: Why a staff request (adjust, earn, redeem, refund) was rejected: in its result,
+#: never in a dead letter (a rejection is the request's answer and changes nothing).
+STAFF_REJECTIONS: tuple[str, ...] = (
+    "account_not_found", "revision_mismatch", "balance_below_zero", "balance_above_maximum",
+    "insufficient_balance", "reward_not_found", "reward_paused", "transaction_not_found",
+    "not_refundable", "already_refunded",
+)
 
 #: Every reason a dead letter can be kept for; `loyalty dlq list --reason` takes these.
 DEAD_LETTER_REASONS: tuple[str, ...] = (

@@ -31,7 +31,11 @@ from schemas.events import (
     TASKS,
     AdjustPointsRequest,
     BulkEvents,
+    CreateAccountRequest,
+    EarnPointsRequest,
     OrderCompletedEvent,
+    RedeemPointsRequest,
+    RefundTransactionRequest,
     SignupEvent,
     describe_errors,
     set_max_future_skew,
@@ -174,17 +178,33 @@ class Publisher:
                    "occurred_at": occurred_at or _now()}
         return self._sent(TASK_OF[OrderCompletedEvent], payload)
 
-    def adjust_points(self, **payload: Any) -> AsyncResult:
-        """Publish an adjustment; the result's `request_id` is the idempotency key.
+    def request(self, task_name: str, **payload: Any) -> AsyncResult:
+        """Publish a staff request; the result's `request_id` is its idempotency key.
 
         The AsyncResult's own `id` is Celery's message id: to read the first result again
         after a timeout, repeat with `request_id=result.request_id`, not with that id.
+        Fields given as None are left out.
         """
         payload = {k: v for k, v in payload.items() if v is not None}
         payload.setdefault("request_id", str(uuid.uuid4()))
-        result = self.send(TASK_OF[AdjustPointsRequest], payload)
+        result = self.send(task_name, payload)
         result.request_id = payload["request_id"]
         return result
+
+    def adjust_points(self, **payload: Any) -> AsyncResult:
+        return self.request(TASK_OF[AdjustPointsRequest], **payload)
+
+    def create_account(self, **payload: Any) -> AsyncResult:
+        return self.request(TASK_OF[CreateAccountRequest], **payload)
+
+    def earn_points(self, **payload: Any) -> AsyncResult:
+        return self.request(TASK_OF[EarnPointsRequest], **payload)
+
+    def redeem_points(self, **payload: Any) -> AsyncResult:
+        return self.request(TASK_OF[RedeemPointsRequest], **payload)
+
+    def refund_transaction(self, **payload: Any) -> AsyncResult:
+        return self.request(TASK_OF[RefundTransactionRequest], **payload)
 
     def _sent(self, task_name: str, payload: dict[str, Any]) -> dict[str, Any]:
         message = self.send(task_name, payload)

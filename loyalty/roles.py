@@ -21,8 +21,12 @@ APP_WRITES: dict[str, str] = {
     "contacts": "INSERT, UPDATE",
     "accounts": "INSERT, UPDATE",
     "processed_events": "INSERT",
-    "adjust_requests": "INSERT",
+    "staff_requests": "INSERT",
     "earn_rules": "INSERT, UPDATE",
+    # The command line edits the catalogue; the worker writes redemptions, and changes
+    # nothing of one but its refund (a trigger also holds the owner to that).
+    "rewards": "INSERT, UPDATE",
+    "redemptions": "INSERT, UPDATE (status, refund_entry_id, refunded_at)",
     "dead_letters": "INSERT, UPDATE",
     "message_crashes": "INSERT, UPDATE",
 }

@@ -142,8 +142,13 @@ ledger_entries = Table(
     #: What an order EARN was computed from, so `verify` can compute it again.
     Column("order_total", Numeric(18, 4), nullable=True),
     Column("currency", Text, nullable=True),
-    # ADJUST source
+    # ADJUST, staff EARN, REDEEM and REFUND source
     Column("actor", Text, nullable=True),
+    #: A staff EARN's activity (it has no event and no rule).
+    Column("activity", Text, nullable=True),
+    #: The REDEEM entry a REFUND gives back; at most one REFUND per REDEEM.
+    Column("refunds_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"),
+           nullable=True, unique=True),
     Column("balance_before", BigInteger, nullable=True),
     #: The account's revision after this entry: revisions chain like balances.
     Column("account_revision", BigInteger, nullable=False),
@@ -167,9 +172,16 @@ ledger_entries = Table(
     CheckConstraint("char_length(description) <= 256", name="description_length"),
     CheckConstraint(
         "type <> 'EARN' OR (event_type IS NOT NULL AND event_id IS NOT NULL"
-        " AND rule_id IS NOT NULL AND rule_revision IS NOT NULL)",
+        " AND rule_id IS NOT NULL AND rule_revision IS NOT NULL)"
+        " OR (activity IS NOT NULL AND actor IS NOT NULL AND event_type IS NULL"
+        " AND event_id IS NULL AND rule_id IS NULL AND rule_revision IS NULL)",
         name="earn_has_source",
     ),
+    CheckConstraint("char_length(activity) BETWEEN 1 AND 100", name="activity_length"),
+    CheckConstraint("(type = 'REFUND') = (refunds_entry_id IS NOT NULL)",
+                    name="refund_names_redeem"),
+    CheckConstraint("type NOT IN ('REDEEM', 'REFUND') OR actor IS NOT NULL",
+                    name="staff_entry_has_actor"),
     CheckConstraint("event_type IS DISTINCT FROM 'order.completed' OR order_id IS NOT NULL",
                     name="order_earn_has_order"),
     CheckConstraint("type <> 'ADJUST' OR (actor IS NOT NULL AND balance_before IS NOT NULL)",
@@ -234,9 +246,10 @@ processed_events = Table(
                     name="earned_has_entry"),
 )
 
-#: First result of every adjust_points request_id, returned again on repeats.
-adjust_requests = Table(
-    "adjust_requests",
+#: First result of every staff request (adjust, create, earn, redeem, refund) by
+#: request_id, returned again on repeats; one request_id has one result, whatever the task.
+staff_requests = Table(
+    "staff_requests",
     metadata,
     Column("request_id", Text, primary_key=True),
     Column("fingerprint", Text, nullable=False),
@@ -245,9 +258,90 @@ adjust_requests = Table(
     Column("ledger_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"), nullable=True),
     Column("result", JSONB, nullable=False),
     _ts("created_at"),
+    Column("task", Text, nullable=False),
     _id_len("request_id"),
-    CheckConstraint("status IN ('applied', 'rejected')", name="status_known"),
+    CheckConstraint("status IN ('applied', 'rejected', 'created', 'existing')",
+                    name="status_known"),
     CheckConstraint("(status = 'applied') = (ledger_entry_id IS NOT NULL)", name="applied_has_entry"),
+)
+
+#: The rewards catalogue: what points can be redeemed for.
+rewards = Table(
+    "rewards",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    #: Money off (discount_amount, with its currency) or a percentage (discount_percent).
+    Column("value", Numeric(18, 4), nullable=True),
+    Column("currency", Text, nullable=True),
+    Column("cost_in_points", BigInteger, nullable=False),
+    Column("status", Text, nullable=False, server_default="ACTIVE"),
+    Column("revision", BigInteger, nullable=False, server_default="1"),
+    _ts("created_at"),
+    _ts("updated_at"),
+    CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
+    CheckConstraint("kind IN ('discount_amount', 'discount_percent', 'free_shipping', 'custom')",
+                    name="kind_known"),
+    CheckConstraint(
+        "(kind = 'discount_amount' AND value > 0 AND currency IS NOT NULL)"
+        " OR (kind = 'discount_percent' AND value BETWEEN 1 AND 100 AND currency IS NULL)"
+        " OR (kind IN ('free_shipping', 'custom') AND value IS NULL AND currency IS NULL)",
+        name="kind_shape"),
+    CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
+    CheckConstraint("cost_in_points BETWEEN 1 AND 9999999", name="cost_in_points_range"),
+    CheckConstraint("status IN ('ACTIVE', 'PAUSED')", name="status_known"),
+    CheckConstraint("revision >= 1", name="revision_positive"),
+)
+
+#: One per REDEEM entry, one to one (triggers of migration 0008); ISSUED, then perhaps
+#: REFUNDED, and nothing else of it ever changes.
+redemptions = Table(
+    "redemptions",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
+    #: NULL when redeemed by `amount` rather than for a reward.
+    Column("reward_id", BigInteger, ForeignKey("rewards.id"), nullable=True),
+    Column("reward_revision", BigInteger, nullable=True),
+    Column("points", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("code", Text, nullable=False, unique=True),
+    Column("status", Text, nullable=False, server_default="ISSUED"),
+    Column("reference_id", Text, nullable=True),
+    Column("request_id", Text, nullable=False, unique=True),
+    Column("actor", Text, nullable=False),
+    Column("redeem_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"),
+           nullable=False, unique=True),
+    Column("refund_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"),
+           nullable=True, unique=True),
+    _ts("created_at"),
+    Column("refunded_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("points BETWEEN 1 AND 999999999", name="points_range"),
+    CheckConstraint("count BETWEEN 1 AND 100", name="count_range"),
+    CheckConstraint("reward_id IS NOT NULL OR count = 1", name="amount_is_one"),
+    CheckConstraint("(reward_id IS NULL) = (reward_revision IS NULL)",
+                    name="reward_has_revision"),
+    CheckConstraint("code ~ '^[2-9A-HJKMNP-TV-Z]{4}(-[2-9A-HJKMNP-TV-Z]{4}){3}$'",
+                    name="code_format"),
+    CheckConstraint("status IN ('ISSUED', 'REFUNDED')", name="status_known"),
+    CheckConstraint("(status = 'REFUNDED') = (refund_entry_id IS NOT NULL"
+                    " AND refunded_at IS NOT NULL)", name="refund_shape"),
+    CheckConstraint("char_length(reference_id) BETWEEN 1 AND 256", name="reference_id_length"),
+    _id_len("request_id"),
+    Index("ix_redemptions_account_id_created_at", "account_id", "created_at"),
+)
+
+#: Each account's per-type sums of its ledger, kept by a trigger as entries are inserted
+#: (the application may only read it); at COMMIT an account's totals must equal them.
+ledger_totals = Table(
+    "ledger_totals",
+    metadata,
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), primary_key=True),
+    Column("earned", BigInteger, nullable=False, server_default="0"),
+    Column("adjusted", BigInteger, nullable=False, server_default="0"),
+    Column("redeemed", BigInteger, nullable=False, server_default="0"),
+    Column("expired", BigInteger, nullable=False, server_default="0"),
 )
 
 #: Messages that could not be applied. Kept forever; replay and discard only change status.
@@ -299,12 +393,15 @@ message_crashes = Table(
 
 __all__ = [
     "accounts",
-    "adjust_requests",
     "contacts",
     "dead_letters",
     "earn_rules",
     "ledger_entries",
+    "ledger_totals",
     "message_crashes",
     "metadata",
     "processed_events",
+    "redemptions",
+    "rewards",
+    "staff_requests",
 ]

@@ -45,7 +45,9 @@ def account_json(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:
     source: dict[str, Any]
-    if row["type"] == "EARN":
+    if row["type"] == "EARN" and row["event_id"] is None:  # a staff earn
+        source = {"activity": row["activity"], "actor": row["actor"]}
+    elif row["type"] == "EARN":
         source = {
             "event_type": row["event_type"],
             "event_id": row["event_id"],
@@ -59,6 +61,10 @@ def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:
             "balance_before": row["balance_before"],
             "balance_after": row["balance_after"],
         }
+    elif row["type"] == "REDEEM":
+        source = {"actor": row["actor"]}
+    elif row["type"] == "REFUND":
+        source = {"actor": row["actor"], "refunds_transaction_id": _id(row["refunds_entry_id"])}
     else:
         source = {}
     return {
@@ -88,6 +94,44 @@ def rule_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "revision": row["revision"],
         "created_at": _ts(row["created_at"]),
         "updated_at": _ts(row["updated_at"]),
+    }
+
+
+def _id(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _decimal(value: Decimal | None) -> str | None:
+    return format(value.normalize(), "f") if value is not None else None
+
+
+def reward_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "value": _decimal(row["value"]),
+        "currency": row["currency"],
+        "cost_in_points": row["cost_in_points"],
+        "status": row["status"],
+        "revision": row["revision"],
+    }
+
+
+def redemption_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """The issue's redemption, and what finds its ledger entries and account."""
+    return {
+        "id": str(row["id"]),
+        "reward_id": row["reward_id"],
+        "points": row["points"],
+        "count": row["count"],
+        "code": row["code"],
+        "status": row["status"],
+        "reference_id": row["reference_id"],
+        "created_at": _ts(row["created_at"]),
+        "account_id": str(row["account_id"]),
+        "transaction_id": str(row["redeem_entry_id"]),
+        "refund_transaction_id": _id(row["refund_entry_id"]),
     }
 
 

@@ -235,6 +235,104 @@ class AdjustPointsRequest(Contract):
         return self
 
 
+#: An account's or a transaction's id: a UUID, written back in its canonical form.
+Uuid = Annotated[str, AfterValidator(lambda v: str(UUID(v))),
+                      WithJsonSchema({"type": "string", "format": "uuid"})]
+#: Points one staff earn or redemption moves: 1 to 9,999,999.
+Points = Annotated[int, Field(ge=1, le=MAX_POINTS_AT_ONCE)]
+Description = Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
+#: Rewards per redemption.
+MAX_REDEEM_COUNT = 100
+
+
+def _one_account(model: Any) -> None:
+    if (model.account_id is None) == (model.contact_id is None):
+        raise ValueError("give exactly one of account_id and contact_id")
+
+
+_ONE_ACCOUNT: dict[str, Any] = {"oneOf": [{"required": ["account_id"]},
+                                          {"required": ["contact_id"]}]}
+
+
+class CreateAccountRequest(Contract):
+    """Payload of `loyalty.accounts.create`: staff open an account for a contact (Wix
+    createAccount); the contact is registered if it is new."""
+
+    model_config = ConfigDict(title="loyalty.accounts.create")
+
+    request_id: Id
+    contact_id: Id
+    member_id: Id | None = None
+    email: Email | None = None
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)] | None = None
+
+
+class EarnPointsRequest(Contract):
+    """Payload of `loyalty.accounts.earn_points`: staff credit points for an activity
+    (Wix earnPoints); one EARN entry with no event and no rule."""
+
+    model_config = ConfigDict(title="loyalty.accounts.earn_points",
+                              json_schema_extra={"allOf": [_ONE_ACCOUNT]})
+
+    request_id: Id
+    account_id: Uuid | None = None
+    contact_id: Id | None = None
+    amount: Points
+    activity: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
+    description: Description | None = None
+    actor: Id
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        _one_account(self)
+        return self
+
+
+class RedeemPointsRequest(Contract):
+    """Payload of `loyalty.accounts.redeem_points`: spend points on `count` of a reward,
+    or on `amount` points (Wix redeemPoints); one REDEEM entry and one redemption."""
+
+    model_config = ConfigDict(
+        title="loyalty.accounts.redeem_points",
+        json_schema_extra={"allOf": [
+            _ONE_ACCOUNT,
+            {"oneOf": [{"required": ["reward_id"]},
+                       {"required": ["amount"], "not": {"required": ["count"]}}]},
+        ]},
+    )
+
+    request_id: Id
+    account_id: Uuid | None = None
+    contact_id: Id | None = None
+    reward_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+    count: Annotated[int, Field(ge=1, le=MAX_REDEEM_COUNT)] | None = None
+    amount: Points | None = None
+    revision: Annotated[int, Field(ge=0)] | None = None
+    reference_id: Id | None = None
+    actor: Id
+
+    @model_validator(mode="after")
+    def _reward_or_amount(self) -> Self:
+        _one_account(self)
+        if (self.reward_id is None) == (self.amount is None):
+            raise ValueError("give exactly one of reward_id and amount")
+        if self.amount is not None and self.count is not None:
+            raise ValueError("count goes with reward_id, not with amount")
+        return self
+
+
+class RefundTransactionRequest(Contract):
+    """Payload of `loyalty.accounts.refund_transaction`: give back the points of a REDEEM
+    transaction (Wix refundTransaction), as one REFUND entry."""
+
+    model_config = ConfigDict(title="loyalty.accounts.refund_transaction")
+
+    request_id: Id
+    transaction_id: Uuid
+    actor: Id
+    description: Description | None = None
+
+
 C = TypeVar("C", bound=Contract)
 
 
@@ -306,6 +404,10 @@ TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.events.order_completed": (EVENTS_QUEUE, OrderCompletedEvent),
     "loyalty.events.bulk": (EVENTS_QUEUE, BulkEvents),
     "loyalty.accounts.adjust_points": (ADMIN_QUEUE, AdjustPointsRequest),
+    "loyalty.accounts.create": (ADMIN_QUEUE, CreateAccountRequest),
+    "loyalty.accounts.earn_points": (ADMIN_QUEUE, EarnPointsRequest),
+    "loyalty.accounts.redeem_points": (ADMIN_QUEUE, RedeemPointsRequest),
+    "loyalty.accounts.refund_transaction": (ADMIN_QUEUE, RefundTransactionRequest),
     "loyalty.deadletters.replay": (ADMIN_QUEUE, ReplayRequest),
 }
 

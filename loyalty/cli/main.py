@@ -6,9 +6,25 @@ import sys
 
 import click
 
-from loyalty.cli import accounts, dead_letters, program, publish, rules, schema, serve
+from loyalty.cli import (
+    accounts,
+    dead_letters,
+    program,
+    publish,
+    rewards,
+    rules,
+    schema,
+    serve,
+    staff,
+)
 from loyalty.cli.output import error_line
-from loyalty.errors import InvalidPayload, InvalidRule, LoyaltyError, NotMigratedError
+from loyalty.errors import (
+    InvalidPayload,
+    InvalidReward,
+    InvalidRule,
+    LoyaltyError,
+    NotMigratedError,
+)
 from loyalty.views import InvalidCursor
 
 
@@ -21,8 +37,10 @@ def cli() -> None:
 for _command in (schema.db_group, serve.worker_command, publish.publish_group,
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
                  rules.rules_group, program.totals, program.verify, program.events_group,
-                 dead_letters.dlq_group):
+                 dead_letters.dlq_group, staff.earn, staff.redeem, staff.refund_transaction,
+                 rewards.rewards_group, rewards.redemptions_group):
     cli.add_command(_command)
+accounts.accounts_group.add_command(staff.accounts_create)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     except NotMigratedError as exc:
         error_line(str(exc))
         sys.exit(3)
-    except (InvalidPayload, InvalidCursor, InvalidRule) as exc:
+    except (InvalidPayload, InvalidCursor, InvalidRule, InvalidReward) as exc:
         error_line(str(exc))
         sys.exit(2)
     except LoyaltyError as exc:

@@ -14,6 +14,7 @@ import click
 from loyalty.cli.context import Context, one_of, pass_ctx
 from loyalty.cli.output import JSON_HELP, emit, printable
 from loyalty.errors import TransientError
+from schemas.events import TASK_OF, AdjustPointsRequest
 
 
 @click.group("publish")
@@ -72,31 +73,48 @@ def adjust(ctx: Context, account_id: str | None, contact_id: str | None, amount:
     """Adjust an account's points through the worker; exit 1 if the request is rejected."""
     one_of(account_id=account_id, contact_id=contact_id)
     one_of(amount=amount, balance=balance)
-    # Chosen here, so that the id printed on a timeout is the one to repeat.
-    request_id = request_id or str(uuid.uuid4())
+    ask(ctx, TASK_OF[AdjustPointsRequest], timeout, as_json, request_id=request_id,
+        account_id=account_id, contact_id=contact_id, amount=amount, balance=balance,
+        description=description, actor=actor, revision=revision)
+
+
+#: The statuses of a staff request that did what it was asked; any other exits 1.
+DONE = ("applied", "created", "existing")
+
+
+def ask(ctx: Context, task: str, timeout: float, as_json: bool, **payload: Any) -> None:
+    """Publish a staff request, wait for its result and print it; exit 1 unless it was done.
+
+    The request_id is chosen here, so that the one printed on a timeout is the one to
+    repeat (with --request-id) to read the first result.
+    """
+    payload["request_id"] = payload.get("request_id") or str(uuid.uuid4())
     with ctx.publisher() as publisher:
-        pending = publisher.adjust_points(
-            request_id=request_id, account_id=account_id, contact_id=contact_id, amount=amount,
-            balance=balance, description=description, actor=actor, revision=revision)
+        pending = publisher.request(task, **payload)
         try:
             result = pending.get(timeout=timeout, propagate=True)
         except Exception as exc:
             if type(exc).__name__ == "TimeoutError":
                 raise TransientError(
-                    f"no answer from a worker within {timeout:g}s (request {request_id} is queued"
-                    " and will still be applied once; repeat with --request-id to read it)"
-                ) from None
+                    f"no answer from a worker within {timeout:g}s (request"
+                    f" {payload['request_id']} is queued and will still be applied once;"
+                    " repeat with --request-id to read it)") from None
             raise
-    emit(result, as_json, _adjust_text)
-    if result.get("status") != "applied":
+    emit(result, as_json, result_text)
+    if result.get("status") not in DONE:
         sys.exit(1)
 
 
-def _adjust_text(result: dict[str, Any]) -> str:
+def result_text(result: dict[str, Any]) -> str:
     account = result.get("account") or {}
     points = account.get("points", {})
-    if result.get("status") == "applied":
-        return (f"applied: transaction {result['transaction_id']}; balance {points.get('balance')}"
-                f", revision {account.get('revision')}")
+    status = result.get("status")
+    if status in ("created", "existing"):
+        return f"{status}: account {account.get('id')} for contact {printable(account.get('contact_id'))}"
+    if status == "applied":
+        code = (result.get("redemption") or {}).get("code")
+        coupon = f", code {code}" if code else ""
+        return (f"applied: transaction {result['transaction_id']}{coupon}; balance"
+                f" {points.get('balance')}, revision {account.get('revision')}")
     detail = f" ({printable(result['detail'])})" if result.get("detail") else ""
     return f"rejected: {result.get('reason')}{detail}"

@@ -11,6 +11,10 @@ A room per concept:
 - `entries`: what an earn writes and reports (`EventOutcome`), and its ceilings;
 - `earning`: events (signups, orders) turned into EARN entries, as batches;
 - `adjusting`: staff adjustments (ADJUST entries);
+- `staff_requests`: the first result of every staff request, returned to its repeats;
+- `enrolment`: accounts opened by staff; `granting`: staff earns (EARN, no rule);
+- `rewards`: the rewards catalogue; `redeeming`: redemptions (REDEEM entries) and their
+  refunds (REFUND entries); `staff_entries`: the account-then-entry write they share;
 - `accounts`: account locks, reads and pages of accounts, entries and events;
 - `earn_rules`: the rules earning follows, and their changes;
 - `dead_letters`: messages kept unapplied, and their replay;
@@ -18,8 +22,7 @@ A room per concept:
 - `verify`: every invariant checked again across the database;
 - `facade`: `Ledger`, one object over all of the above.
 
-Rooms still to come, beside these: `redeeming` (REDEEM entries), `refunds`
-(REFUND entries), `expiring` (EXPIRE entries) and `tiers`. Each writes its
+Rooms still to come, beside these: `expiring` (EXPIRE entries) and `tiers`. Each writes its
 entry type through `statements` and runs inside `boundary`, as `earning` does.
 """
 

@@ -1,7 +1,7 @@
 """Staff adjustments: one ADJUST entry per request, decided by `loyalty.adjustments`.
 
 A repeated request_id returns its first result; the same id with other content
-is an `IdempotencyConflict`.
+is an `IdempotencyConflict` (`staff_requests`).
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, update
 
 from loyalty import views
 from loyalty.adjustments import decide_adjustment
-from loyalty.errors import IdempotencyConflict
 from loyalty.ledger.accounts import lock_account
 from loyalty.ledger.boundary import run
-from loyalty.tables import accounts, adjust_requests, ledger_entries
-from schemas.events import AdjustPointsRequest
+from loyalty.ledger.staff_requests import first_result, remember
+from loyalty.tables import accounts, ledger_entries
+from schemas.events import TASK_OF, AdjustPointsRequest
+
+TASK = TASK_OF[AdjustPointsRequest]
 
 
 def adjust_points(engine: Engine, request: AdjustPointsRequest) -> dict[str, Any]:
@@ -29,20 +31,6 @@ def adjust_points(engine: Engine, request: AdjustPointsRequest) -> dict[str, Any
 def adjust_work(request: AdjustPointsRequest) -> Callable[[Connection], dict[str, Any]]:
     fingerprint = request.fingerprint()
 
-    def previous(conn: Connection) -> dict[str, Any] | None:
-        row = conn.execute(
-            select(adjust_requests.c.fingerprint, adjust_requests.c.result).where(
-                adjust_requests.c.request_id == request.request_id
-            )
-        ).first()
-        if row is None:
-            return None
-        if row.fingerprint != fingerprint:
-            raise IdempotencyConflict(
-                f"request_id {request.request_id!r} was already used with a different payload"
-            )
-        return dict(row.result)
-
     def work(conn: Connection) -> dict[str, Any]:
         # Looked up once, after the account lock that serialises repeats of this request.
         account = lock_account(
@@ -50,7 +38,7 @@ def adjust_work(request: AdjustPointsRequest) -> Callable[[Connection], dict[str
             account_id=UUID(request.account_id) if request.account_id else None,
             contact_id=request.contact_id,
         )
-        first = previous(conn)
+        first = first_result(conn, TASK, request.request_id, fingerprint)
         if first is not None:
             return first
         entry_id: UUID | None = None
@@ -73,17 +61,7 @@ def adjust_work(request: AdjustPointsRequest) -> Callable[[Connection], dict[str
             else:
                 result = {"status": "rejected", "reason": decision.reason,
                           "account": views.account_json(account)}
-        conn.execute(
-            adjust_requests.insert().values(
-                request_id=request.request_id,
-                fingerprint=fingerprint,
-                status=result["status"],
-                reason=result.get("reason"),
-                ledger_entry_id=entry_id,
-                result=result,
-            )
-        )
-        return result
+        return remember(conn, TASK, request.request_id, fingerprint, result, entry_id)
 
     return work
 

@@ -24,7 +24,12 @@ T = TypeVar("T")
 RACE_CONSTRAINTS = frozenset(
     {
         "pk_processed_events",
-        "pk_adjust_requests",
+        "pk_staff_requests",
+        # Two deliveries of one redemption or refund (both also serialise on the account).
+        "uq_redemptions_request_id",
+        "uq_ledger_entries_refunds_entry_id",
+        # A redemption code drawn twice (2^-78): the unit of work runs again with a new one.
+        "uq_redemptions_code",
         "pk_contacts",
         "uq_accounts_contact_id",
         "uq_ledger_entries_event_id",

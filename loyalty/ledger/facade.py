@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import Engine
 
@@ -21,11 +22,23 @@ from loyalty.ledger import (
     dead_letters,
     earn_rules,
     earning,
+    enrolment,
+    granting,
+    redeeming,
+    rewards,
     verify,
 )
 from loyalty.ledger.dead_letters import Decode
 from loyalty.ledger.entries import EventOutcome
-from schemas.events import AdjustPointsRequest, OrderCompletedEvent, SignupEvent
+from schemas.events import (
+    AdjustPointsRequest,
+    CreateAccountRequest,
+    EarnPointsRequest,
+    OrderCompletedEvent,
+    RedeemPointsRequest,
+    RefundTransactionRequest,
+    SignupEvent,
+)
 
 
 class Ledger:
@@ -48,6 +61,46 @@ class Ledger:
 
     def adjust_points(self, request: AdjustPointsRequest) -> dict[str, Any]:
         return adjusting.adjust_points(self.engine, request)
+
+    # -- staff requests: accounts, earns, redemptions and their refunds ------------------
+
+    def create_account(self, request: CreateAccountRequest) -> dict[str, Any]:
+        return enrolment.create_account(self.engine, request)
+
+    def earn_points(self, request: EarnPointsRequest) -> dict[str, Any]:
+        return granting.earn_points(self.engine, request)
+
+    def redeem_points(self, request: RedeemPointsRequest) -> dict[str, Any]:
+        return redeeming.redeem_points(self.engine, request)
+
+    def refund_transaction(self, request: RefundTransactionRequest) -> dict[str, Any]:
+        return redeeming.refund_transaction(self.engine, request)
+
+    def list_redemptions(self, *, account_id: str | None = None, contact_id: str | None = None,
+                         limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        account = self.get_account(account_id=account_id, contact_id=contact_id)
+        return redeeming.list_redemptions(self.engine, UUID(account["id"]), limit, cursor)
+
+    def get_redemption(self, *, redemption_id: str | None = None,
+                       code: str | None = None) -> dict[str, Any]:
+        return redeeming.get_redemption(self.engine, redemption_id=redemption_id, code=code)
+
+    # -- rewards ---------------------------------------------------------------------
+
+    def list_rewards(self) -> dict[str, Any]:
+        return rewards.list_rewards(self.engine)
+
+    def create_reward(self, *, name: str, kind: str, value: Decimal | None,
+                      currency: str | None, cost_in_points: int,
+                      status: str = "ACTIVE") -> dict[str, Any]:
+        return rewards.create_reward(self.engine, name=name, kind=kind, value=value,
+                                     currency=currency, cost_in_points=cost_in_points,
+                                     status=status)
+
+    def update_reward(self, reward_id: int, *, expected_revision: int | None = None,
+                      **changes: Any) -> dict[str, Any]:
+        return rewards.update_reward(self.engine, reward_id, expected_revision=expected_revision,
+                                     **changes)
 
     # -- accounts and what happened to them --------------------------------------------
 

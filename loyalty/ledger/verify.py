@@ -47,6 +47,27 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+#: How each entry type counts towards an account's totals, as migration 0008 has it.
+TOTALS = {
+    "earned": "sum(amount) FILTER (WHERE type = 'EARN')",
+    "adjusted": "sum(amount) FILTER (WHERE type = 'ADJUST')",
+    "redeemed": "-sum(amount) FILTER (WHERE type IN ('REDEEM', 'REFUND'))",
+    "expired": "-sum(amount) FILTER (WHERE type = 'EXPIRE')",
+}
+
+
+def _totals_check(table: str, key: str) -> str:
+    """Rows of `table` whose per-type totals are not what the ledger adds up to."""
+    kept = ", ".join(f"a.{n}" for n in TOTALS)
+    found = ", ".join(f"COALESCE(s.{n}, 0)" for n in TOTALS)
+    return (f"SELECT a.{key} AS account_id, {kept},"  # noqa: S608
+            f" {', '.join(f'COALESCE(s.{n}, 0) AS ledger_{n}' for n in TOTALS)}"
+            f" FROM {table} a LEFT JOIN (SELECT account_id,"
+            f" {', '.join(f'{e} AS {n}' for n, e in TOTALS.items())}"
+            f" FROM ledger_entries GROUP BY account_id) s ON s.account_id = a.{key}"
+            f" WHERE ({kept}) IS DISTINCT FROM ({found})")
+
+
 CHECKS = {
     "balance_not_negative": "SELECT id AS account_id, balance FROM accounts WHERE balance < 0",
     "balance_adds_up": """
@@ -58,21 +79,9 @@ CHECKS = {
             SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY account_id
         ) s ON s.account_id = a.id
         WHERE a.balance <> COALESCE(s.total, 0)""",
-    "totals_equal_ledger": """
-        SELECT a.id AS account_id, a.earned, a.adjusted, a.redeemed, a.expired,
-               COALESCE(s.earned, 0) AS ledger_earned, COALESCE(s.adjusted, 0) AS ledger_adjusted,
-               COALESCE(s.redeemed, 0) AS ledger_redeemed, COALESCE(s.expired, 0) AS ledger_expired
-        FROM accounts a LEFT JOIN (
-            SELECT account_id,
-                   sum(amount) FILTER (WHERE type = 'EARN') AS earned,
-                   sum(amount) FILTER (WHERE type = 'ADJUST') AS adjusted,
-                   -sum(amount) FILTER (WHERE type IN ('REDEEM', 'REFUND')) AS redeemed,
-                   -sum(amount) FILTER (WHERE type = 'EXPIRE') AS expired
-            FROM ledger_entries GROUP BY account_id
-        ) s ON s.account_id = a.id
-        WHERE (a.earned, a.adjusted, a.redeemed, a.expired) IS DISTINCT FROM
-              (COALESCE(s.earned, 0), COALESCE(s.adjusted, 0),
-               COALESCE(s.redeemed, 0), COALESCE(s.expired, 0))""",
+    "totals_equal_ledger": _totals_check("accounts", "id"),
+    # The totals the database keeps (`ledger_totals`, which the COMMIT check reads).
+    "ledger_totals_equal_ledger": _totals_check("ledger_totals", "account_id"),
     "balance_after_chain": """
         SELECT account_id, id AS entry_id, expected, balance_after FROM (
             SELECT account_id, id, balance_after,
@@ -138,7 +147,34 @@ CHECKS = {
     "entry_has_processed_event": """
         SELECT e.id AS entry_id, e.event_id FROM ledger_entries e
         LEFT JOIN processed_events p ON p.ledger_entry_id = e.id
-        WHERE e.type = 'EARN' AND p.event_id IS NULL""",
+        WHERE e.type = 'EARN' AND e.event_id IS NOT NULL AND p.event_id IS NULL""",
+    # A REFUND gives back one REDEEM of its own account, exactly, and at most once.
+    "refund_matches_redeem": """
+        SELECT f.account_id, f.id AS entry_id, f.amount, f.refunds_entry_id,
+               r.type AS redeem_type, r.account_id AS redeem_account_id, r.amount AS redeem_amount
+        FROM ledger_entries f LEFT JOIN ledger_entries r ON r.id = f.refunds_entry_id
+        WHERE f.type = 'REFUND' AND (r.id IS NULL OR r.type <> 'REDEEM'
+              OR r.account_id <> f.account_id OR r.amount <> -f.amount)""",
+    "one_refund_per_redeem": """
+        SELECT refunds_entry_id AS redeem_entry_id, count(*) AS refunds FROM ledger_entries
+        WHERE refunds_entry_id IS NOT NULL GROUP BY refunds_entry_id HAVING count(*) > 1""",
+    # Redemptions and REDEEM entries, one to one; a refunded one names its REFUND.
+    "redemption_matches_entry": """
+        SELECT r.account_id, r.id AS redemption_id, r.points, e.type, e.amount
+        FROM redemptions r LEFT JOIN ledger_entries e ON e.id = r.redeem_entry_id
+        WHERE e.id IS NULL OR e.type <> 'REDEEM' OR e.account_id <> r.account_id
+           OR e.amount <> -r.points""",
+    "redeem_has_redemption": """
+        SELECT e.account_id, e.id AS entry_id FROM ledger_entries e
+        LEFT JOIN redemptions r ON r.redeem_entry_id = e.id
+        WHERE e.type = 'REDEEM' AND r.id IS NULL""",
+    "redemption_refund_matches": """
+        SELECT r.account_id, r.id AS redemption_id, r.status, r.refund_entry_id,
+               f.id AS refund_entry
+        FROM redemptions r LEFT JOIN ledger_entries f
+            ON f.refunds_entry_id = r.redeem_entry_id AND f.type = 'REFUND'
+        WHERE (r.status = 'REFUNDED') <> (f.id IS NOT NULL)
+           OR r.refund_entry_id IS DISTINCT FROM f.id""",
     "account_has_contact": """
         SELECT a.id AS account_id, a.contact_id FROM accounts a
         LEFT JOIN contacts c ON c.contact_id = a.contact_id WHERE c.contact_id IS NULL""",

@@ -94,7 +94,7 @@ def test_unknown_setting_and_unreachable_database_are_one_line(env: Env) -> None
 
 def test_every_read_prints_one_json_document(env: Env) -> None:
     for args in (["rules", "list"], ["accounts", "list"], ["totals"], ["verify"], ["dlq", "list"],
-                 ["db", "current"]):
+                 ["db", "current"], ["rewards", "list"]):
         done = env.cli(*args, "--json")
         json.loads(done.stdout)  # exactly one document, nothing else on stdout
     assert env.cli_json("totals") == {"points": {"balance": 0, "earned": 0, "adjusted": 0,

@@ -146,8 +146,8 @@ def test_temporary_tables_cannot_shadow_the_ledger(raw_owner: psycopg.Connection
                    " + 999890, revision = revision + 1 WHERE id = %s",
                    (account_id,)) == "accounts_balance_matches_ledger"
     assert refused(raw_owner, "INSERT INTO public.ledger_entries (account_id, type, amount,"
-                   " balance_after, idempotency_key, account_revision)"
-                   " VALUES (%s, 'REFUND', 777, 777, 'bogus', 4)",
+                   " balance_after, idempotency_key, actor, balance_before, account_revision)"
+                   " VALUES (%s, 'ADJUST', 777, 777, 'bogus', 'm', 0, 4)",
                    (account_id,)) == "ledger_entries_balance_chain"
     assert ledger.verify()["ok"]
 
@@ -182,6 +182,8 @@ def test_verify_reports_a_consistent_rewrite(raw_super: psycopg.Connection,
         rewriter.execute("UPDATE processed_events SET points = points + 900 WHERE order_id = 'B'")
         rewriter.execute("UPDATE accounts SET balance = balance + 900, earned = earned + 900,"
                          " revision = revision WHERE id = %s", (account_id,))
+        rewriter.execute("UPDATE ledger_totals SET earned = earned + 900 WHERE account_id = %s",
+                         (account_id,))
         if who == "owner":
             rewriter.execute("ALTER TABLE ledger_entries ENABLE TRIGGER USER")
             rewriter.execute("ALTER TABLE accounts ENABLE TRIGGER USER")

@@ -22,6 +22,16 @@ from loyalty.cli import main
     (["adjust", "--contact-id", "x", "--amount", "1", "--balance", "2", "--description", "d",
       "--actor", "a"], "exactly one of"),
     (["no-such-command"], "No such command"),
+    (["redeem", "--contact-id", "x", "--actor", "a"], "exactly one of --reward-id | --amount"),
+    (["redeem", "--contact-id", "x", "--reward-id", "1", "--amount", "5", "--actor", "a"],
+     "exactly one of --reward-id | --amount"),
+    (["earn", "--amount", "5", "--activity", "a", "--actor", "a"], "exactly one of"),
+    (["redemptions", "get"], "exactly one of --id | --code"),
+    (["redemptions", "list"], "exactly one of --account-id | --contact-id"),
+    (["rewards", "create", "--name", "x", "--kind", "gift", "--cost-in-points", "1"], "--kind"),
+    (["rewards", "create", "--name", "x", "--kind", "discount_amount", "--value", "abc",
+      "--currency", "USD", "--cost-in-points", "1"], "not a decimal"),
+    (["transactions", "list", "--contact-id", "x", "--type", "REVERSAL"], "--type"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     with CliRunner().isolation() as (_out, err, *_):
