@@ -43,3 +43,23 @@ def test_importing_the_worker_builds_no_app() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "None"
+
+
+def test_every_module_can_be_imported_first() -> None:
+    """The table, its handlers, the ledger and loyalty.replay refer to each other: any of
+    them imported first must not meet a partially initialised one."""
+    code = """
+import importlib, sys
+OURS = ("loyalty", "tasks", "schemas", "worker")
+for name in ("loyalty.replay", "tasks.table", "tasks.events", "tasks.accounts",
+             "tasks.deadletters", "loyalty.ledger", "loyalty.ledger.earning",
+             "loyalty.ledger.dead_letters", "loyalty.policy", "loyalty.publish",
+             "loyalty.cli.main", "worker.app", "worker.execution", "worker.consumer",
+             "worker.batching.intake", "worker.batching.job"):
+    for loaded in [m for m in sys.modules if m.split(".")[0] in OURS]:
+        del sys.modules[loaded]
+    importlib.import_module(name)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
