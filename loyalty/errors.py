@@ -125,3 +125,10 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
     "malformed_message", "signature_invalid", "wrong_queue", "message_too_large", "poison",
     "internal_error",
 )
+
+#: Letters kept without being read, because the message was unreadable, unsigned or
+#: forged, malformed, of an unknown task, from the wrong queue or too large. Replaying
+#: one would run what the worker refused to run: they can only be discarded.
+KEPT_UNREAD = frozenset({"content_disallowed", "undecodable_body", "signature_invalid",
+                         "malformed_message", "unknown_task", "wrong_queue",
+                         "message_too_large"})

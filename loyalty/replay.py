@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loyalty.errors import (
+    KEPT_UNREAD,
     DeadLetterNotFound,
     InvalidPayload,
     LoyaltyError,
@@ -24,12 +25,6 @@ from schemas.events import TASKS, Contract, PayloadError, parse_task_args
 from tasks.table import REPLAYABLE
 
 JSON_TYPES = ("application/json", None, "")
-#: Letters kept without being read, because the message was unreadable, unsigned or
-#: forged, malformed, of an unknown task, from the wrong queue or too large. Replaying
-#: one would run what the worker refused to run: they can only be discarded.
-KEPT_UNREAD = frozenset({"content_disallowed", "undecodable_body", "signature_invalid",
-                         "malformed_message", "unknown_task", "wrong_queue",
-                         "message_too_large"})
 
 
 def decode_letter(letter: Mapping[str, Any]) -> Contract:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from loyalty.ledger import earning
+
 if TYPE_CHECKING:
     from loyalty.ledger import EventOutcome, Ledger
     from schemas.events import OrderCompletedEvent, SignupEvent
 
 
 def signup(ledger: Ledger, event: SignupEvent) -> EventOutcome:
-    return ledger.apply_signup(event)
+    return earning.outcome_of(earning.apply_events(ledger.engine, [event])[0])
 
 
 def order_completed(ledger: Ledger, event: OrderCompletedEvent) -> EventOutcome:
-    return ledger.apply_order(event)
+    """The order's path to its SQL: `earning.apply_events` (one transaction),
+    `events_work`, `_orders_round` (decides it), `_Writes.write` (sends the statements
+    of `loyalty/ledger/statements.py`)."""
+    return earning.outcome_of(earning.apply_events(ledger.engine, [event])[0])

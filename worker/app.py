@@ -59,7 +59,8 @@ def _register_tasks(app: Celery) -> None:
     from worker.execution import perform
 
     for task in TABLE:
-        options: dict[str, Any] = {"Strategy": "worker.batching:strategy"} if task.batched else {}
+        options: dict[str, Any] = (
+            {"Strategy": "worker.batching.intake:strategy"} if task.batched else {})
         # shared=False: the task belongs to this app only, not to every app created later.
         app.task(perform, name=task.name, bind=True, shared=False,
                  ignore_result=not task.answers, **options)

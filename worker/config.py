@@ -62,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # The starting prefetch. With batching on, the batcher raises it to two
         # batches per process once it sees single events, and keeps it low for bulk
-        # messages (see worker.batching.Batcher._credit).
+        # messages (see worker.batching.intake.Batcher._credit).
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "task_ignore_result": True,
         "result_expires": settings.result_expires,

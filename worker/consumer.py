@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -81,6 +82,17 @@ def _unsigned_beyond_events(message: Any) -> bool:
 
 
 class DeadLetteringConsumer(Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Told of every message still unacknowledged after its handler returned.
+        self._left_open: list[Callable[[Any], None]] = []
+        super().__init__(*args, **kwargs)
+
+    def on_left_open(self, hook: Callable[[Any], None]) -> None:
+        """Call `hook(message)` for every message left open by its handler (a stock-path
+        task, a retry waiting for its ETA, a buffered event): the batch path's grouped
+        acknowledgement must not cover them (`worker.batching.acks`)."""
+        self._left_open.append(hook)
+
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         _keep(message, policy.unreadable_reason(exc), exc)
 
@@ -179,11 +191,9 @@ class DeadLetteringConsumer(Consumer):
                 if getattr(message, "acknowledged", False):
                     raise
                 return _keep(message, policy.unreadable_reason(exc), exc)
-            # A message left open here (a stock-path task, a retry waiting for its ETA)
-            # must not be covered by a batch's grouped ack.
-            batcher = getattr(self, "_loyalty_batcher", None)
-            if batcher is not None and not message.acknowledged:
-                batcher.track(message)
+            if self._left_open and not message.acknowledged:
+                for hook in self._left_open:
+                    hook(message)
             return result
 
         return on_task_received

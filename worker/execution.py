@@ -135,14 +135,14 @@ def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reaso
 
 def run_bulk(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A bulk message taken alone (a re-delivery, or batching off): the batch path, once."""
-    from worker import batching
+    from worker.batching import job
 
     request = task.request
     item = {"task": task.name, "id": request.id, "args": list(args), "kwargs": kwargs,
             "retries": request.retries or 0,
             "body": json.dumps([list(args), kwargs, {}], default=repr),
             "delivery_info": request.delivery_info or {}}
-    if batching.apply_batch([item]) == [batching.ACK]:
+    if job.apply_batch([item]) == [job.ACK]:
         return {"status": "applied"}
     # The batch was requeued: its database stayed away.
     unavailable = TransientError("the database is unavailable")

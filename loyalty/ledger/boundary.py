@@ -1,7 +1,8 @@
 """The transaction boundary: every unit of work runs here, and driver errors leave as ours.
 
 A unit of work is a function of one connection; `run` gives it one PostgreSQL
-transaction and commits it. Driver errors are translated once, by `translate`:
+transaction and commits it. `transactions` is the same loop written out, for callers
+that keep the work in their own body. Driver errors are translated once, by `translate`:
 callers never import psycopg or SQLAlchemy to decide what to do, and a refused
 constraint travels by name, as data (`LedgerIntegrityError.constraint`).
 """
@@ -9,7 +10,8 @@ constraint travels by name, as data (`LedgerIntegrityError.constraint`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -102,20 +104,47 @@ def translate(exc: DBAPIError) -> tuple[BaseException, bool]:
     return exc, False
 
 
+def transactions(engine: Engine) -> Iterator[AbstractContextManager[Connection]]:
+    """Attempts at one transaction, again while it lost a race or a deadlock::
+
+        for transaction in transactions(engine):
+            with transaction as conn:
+                result = work(conn)
+        return result
+
+    Each attempt commits when its block ends. A lost race or deadlock (also at COMMIT)
+    is swallowed and the loop goes again, up to ATTEMPTS; any other driver error leaves
+    translated. Assign in the block and return after the loop: a `return` inside the
+    block would not see a commit that has to be tried again.
+    """
+    committed: list[bool] = []
+    for attempt in range(ATTEMPTS):
+        yield _attempt(engine, attempt == ATTEMPTS - 1, committed)
+        if committed:
+            return
+
+
+@contextmanager
+def _attempt(engine: Engine, last: bool, committed: list[bool]) -> Iterator[Connection]:
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except DBAPIError as exc:
+        error, again = translate(exc)
+        if again and not last:
+            return
+        if error is exc:
+            raise
+        raise error from exc
+    committed.append(True)
+
+
 def run(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run one unit of work in one transaction, again if it lost a race or a deadlock."""
-    for attempt in range(ATTEMPTS):
-        try:
-            with engine.begin() as conn:
-                return work(conn)
-        except DBAPIError as exc:
-            error, again = translate(exc)
-            if again and attempt < ATTEMPTS - 1:
-                continue
-            if error is exc:
-                raise
-            raise error from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+    for transaction in transactions(engine):
+        with transaction as conn:
+            result = work(conn)
+    return result
 
 
 def read(engine: Engine, work: Callable[[Connection], T]) -> T:

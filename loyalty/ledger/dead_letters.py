@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from loyalty import views
 from loyalty.errors import (
+    KEPT_UNREAD,
     DeadLetterNotFound,
     DeadLetterNotPending,
     InvalidPayload,
@@ -30,7 +31,6 @@ from loyalty.ledger.adjusting import adjust_work
 from loyalty.ledger.boundary import guarded, read, run
 from loyalty.ledger.earning import events_work
 from loyalty.ledger.entries import EventOutcome
-from loyalty.replay import KEPT_UNREAD
 from loyalty.tables import dead_letters
 from schemas.events import AdjustPointsRequest, Contract, OrderCompletedEvent, SignupEvent
 

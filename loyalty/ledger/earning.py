@@ -1,6 +1,6 @@
 """Earning: events turned into EARN entries, by one set-based implementation.
 
-A single event is a batch of one (`apply_one`). `apply_events` applies a batch
+A single event is a batch of one. `apply_events` applies a batch
 with the effect of applying its events in order: signups one by one, each in a
 savepoint (which contact gets a contested member_id depends on the order), then
 orders in rounds, their accounts locked in id order (so concurrent batches never
@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from loyalty.errors import AccountNotFound, IdempotencyConflict, LoyaltyError, NoActiveRule
 from loyalty.ledger import statements as sql
 from loyalty.ledger.accounts import lock_account
-from loyalty.ledger.boundary import guarded, run
+from loyalty.ledger.boundary import guarded, transactions
 from loyalty.ledger.earn_rules import active_rules
 from loyalty.ledger.entries import (
     EventOutcome,
@@ -41,17 +41,13 @@ Event = SignupEvent | OrderCompletedEvent
 Result = EventOutcome | LoyaltyError
 
 
-def apply_signup(engine: Engine, event: SignupEvent) -> EventOutcome:
-    return apply_one(engine, event)
-
-
-def apply_order(engine: Engine, event: OrderCompletedEvent) -> EventOutcome:
-    return apply_one(engine, event)
-
-
 def apply_one(engine: Engine, event: Event) -> EventOutcome:
     """One event is a batch of one: its error is raised instead of returned."""
-    result = apply_events(engine, [event])[0]
+    return outcome_of(apply_events(engine, [event])[0])
+
+
+def outcome_of(result: Result) -> EventOutcome:
+    """An event's outcome, or its error raised."""
     if isinstance(result, LoyaltyError):
         raise result
     return result
@@ -65,20 +61,52 @@ def apply_events(engine: Engine, events: Sequence[Event]) -> list[Result]:
     """
     if not events:
         return []
-    return run(engine, lambda conn: events_work(conn, events))
+    for transaction in transactions(engine):
+        with transaction as conn:
+            results = events_work(conn, events)
+    return results
 
 
 def events_work(conn: Connection, events: Sequence[Event]) -> list[Result]:
+    """The events, in one transaction already open (a batch, or letters being replayed).
+
+    Signups first, one by one in stream order (an order may follow its signup in the
+    same batch); then orders in rounds, each round taking one occurrence of every
+    event_id. A later occurrence of an event_id is a duplicate of an applied earlier
+    one, or a conflict if its content differs; if the earlier one failed, it is tried
+    afresh in the next round, as it would be one by one.
+    """
     results: list[Result | None] = [None] * len(events)
-    # Signups first, in stream order: an order may follow its signup in the same batch.
     # Two batches of signups for the same contacts can deadlock; PostgreSQL aborts one
     # and the transaction boundary runs it again.
     for i, event in enumerate(events):
         if isinstance(event, SignupEvent):
             results[i] = guarded(conn, signup_work(event))
-    orders = [(i, e) for i, e in enumerate(events) if isinstance(e, OrderCompletedEvent)]
-    if orders:
-        _orders(conn, orders, results)
+    pending = [(i, e) for i, e in enumerate(events) if isinstance(e, OrderCompletedEvent)]
+    by_index = dict(pending)
+    while pending:
+        taken: dict[str, int] = {}
+        round_items: list[tuple[int, OrderCompletedEvent]] = []
+        later: list[tuple[int, OrderCompletedEvent]] = []
+        for i, event in pending:
+            if event.event_id in taken:
+                later.append((i, event))
+            else:
+                taken[event.event_id] = i
+                round_items.append((i, event))
+        _orders_round(conn, round_items, results)
+        pending = []
+        for i, event in later:
+            first = taken[event.event_id]
+            done = results[first]
+            same = event.fingerprint() == by_index[first].fingerprint()
+            if isinstance(done, EventOutcome):
+                results[i] = replace(done, duplicate=True) if same else IdempotencyConflict(
+                    f"event_id {event.event_id!r} was already applied with a different payload")
+            elif same:
+                results[i] = done
+            else:
+                pending.append((i, event))
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -149,41 +177,6 @@ def signup_work(event: SignupEvent) -> Callable[[Connection], EventOutcome]:
         return result
 
     return work
-
-
-def _orders(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],
-            results: list[Result | None]) -> None:
-    """Apply orders in rounds: each round takes one occurrence of every event_id.
-
-    A later occurrence of an event_id is a duplicate of an applied earlier one, or a
-    conflict if its content differs; if the earlier one failed, it is tried afresh
-    in the next round, as it would be one by one.
-    """
-    by_index = dict(orders)
-    pending = orders
-    while pending:
-        taken: dict[str, int] = {}
-        round_items: list[tuple[int, OrderCompletedEvent]] = []
-        later: list[tuple[int, OrderCompletedEvent]] = []
-        for i, event in pending:
-            if event.event_id in taken:
-                later.append((i, event))
-            else:
-                taken[event.event_id] = i
-                round_items.append((i, event))
-        _orders_round(conn, round_items, results)
-        pending = []
-        for i, event in later:
-            first = taken[event.event_id]
-            done = results[first]
-            same = event.fingerprint() == by_index[first].fingerprint()
-            if isinstance(done, EventOutcome):
-                results[i] = replace(done, duplicate=True) if same else IdempotencyConflict(
-                    f"event_id {event.event_id!r} was already applied with a different payload")
-            elif same:
-                results[i] = done
-            else:
-                pending.append((i, event))
 
 
 def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]],

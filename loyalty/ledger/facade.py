@@ -48,10 +48,10 @@ class Ledger:
     # -- earning -------------------------------------------------------------------
 
     def apply_signup(self, event: SignupEvent) -> EventOutcome:
-        return earning.apply_signup(self.engine, event)
+        return earning.apply_one(self.engine, event)
 
     def apply_order(self, event: OrderCompletedEvent) -> EventOutcome:
-        return earning.apply_order(self.engine, event)
+        return earning.apply_one(self.engine, event)
 
     def apply_events(self, events: Sequence[SignupEvent | OrderCompletedEvent]
                      ) -> list[EventOutcome | LoyaltyError]:

@@ -110,18 +110,22 @@ def test_invalid_payloads_are_dead_lettered_at_once_and_never_retried(deploy) ->
     letter = env.cli_json("dlq", "list")["items"][0]
     assert (letter["reason"], letter["attempts"]) == ("invalid_payload", 1)
     assert "total" in letter["error_detail"]
-    time.sleep(2)
+    # A retry would have been decided, and logged, before the dead letter was.
+    wait_for(lambda: any(r.get("msg") == "dead-lettered" and r.get("task_id") == sent
+                         for r in worker.logs()), 30, "the dead-lettered line")
     assert not any(r.get("msg") == "not applied yet, retrying" for r in worker.logs())
 
 
 def test_order_before_signup_is_retried_then_applied(deploy) -> None:
     env = deploy("redis", **FAST)
-    env.worker()
+    worker = env.worker()
     client = shop(env)
-    client.send_task("loyalty.events.order_completed", args=[{
+    early = client.send_task("loyalty.events.order_completed", args=[{
         "event_id": "early-order", "contact_id": "slow", "order_id": "o-1", "total": "30.00",
-        "currency": "USD", "occurred_at": TS}], queue="loyalty.events")
-    time.sleep(1.5)
+        "currency": "USD", "occurred_at": TS}], queue="loyalty.events").id
+    wait_for(lambda: any(r.get("msg") == "not applied yet, retrying"
+                         and r.get("task_id") == early and r.get("reason") == "account_not_found"
+                         for r in worker.logs()), 30, "the order to be tried and retried")
     assert balances(env) == {}
     client.send_task("loyalty.events.signup", args=[{
         "event_id": "late-signup", "contact_id": "slow", "occurred_at": TS}],
@@ -234,7 +238,7 @@ def test_poison_message_is_dead_lettered_after_bounded_crashes(deploy, broker: s
     assert sql(env, "SELECT crashes FROM message_crashes WHERE message_id = %s",
                message_id) == [(3,)]
     assert worker.alive()
-    time.sleep(1)
+    wait_for(lambda: env.broker.pending() == 0, 30, "no copy of the message left to apply")
     assert balances(env)["victim"] == 100  # never applied
     letter = env.cli_json("dlq", "list", "--reason", "poison")["items"][0]
     assert "crashed its worker process 3 times" in letter["error_detail"]

@@ -11,14 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Queue
 
 from tests.conftest import RABBITMQ_URL, REDIS_HOST, require
-from worker.batching import Batcher
+from worker.batching import acks
 
 
 @pytest.fixture(params=["rabbitmq", "redis"])
@@ -72,23 +71,23 @@ def left_in_queue(url: str, queue: Queue) -> list[int]:
 
 
 @contextmanager
-def holding(url: str, queue: Queue, n: int) -> Iterator[tuple[list[Any], Batcher]]:
-    """n messages taken and not acknowledged, and a batcher that tracked them as the
-    consumer does; closing the connection at the end returns what is still open
-    (Redis restores its unacked records at close)."""
+def holding(url: str, queue: Queue, n: int) -> Iterator[tuple[list[Any], acks.Acker]]:
+    """n messages taken and not acknowledged, and the broker's acker, which tracked them
+    as the consumer's hook does; closing the connection at the end returns what is still
+    open (Redis restores its unacked records at close)."""
     publish(url, queue, n)
     with Connection(url) as conn:
         messages = take(conn, queue, n)
-        batcher = Batcher(SimpleNamespace(connection=conn))
+        acker = acks.for_connection(conn)
         for message in messages:  # in delivery order
-            batcher.track(message)
-        yield messages, batcher
+            acker.track(message)
+        yield messages, acker
 
 
 def test_a_batch_below_every_open_message_is_acknowledged_at_once(broker_url: str,
                                                                    queue: Queue) -> None:
-    with holding(broker_url, queue, 10) as (messages, batcher):
-        mode = batcher._ack(messages[:5])
+    with holding(broker_url, queue, 10) as (messages, acker):
+        mode = acker.ack(messages[:5])
         assert mode == ("multiple" if broker_url.startswith("amqp") else "pipeline")
         assert all(m.acknowledged for m in messages[:5])
     assert left_in_queue(broker_url, queue) == [5, 6, 7, 8, 9]
@@ -96,13 +95,45 @@ def test_a_batch_below_every_open_message_is_acknowledged_at_once(broker_url: st
 
 def test_a_grouped_ack_never_covers_an_open_message_below_the_batch(broker_url: str,
                                                                       queue: Queue) -> None:
-    with holding(broker_url, queue, 10) as (messages, batcher):
+    with holding(broker_url, queue, 10) as (messages, acker):
         messages[2].ack()  # settled elsewhere (a stock-path task): no longer in the way
         batch = [messages[0], messages[1], messages[4], messages[5], messages[6]]
         # messages[3] is still held by another path, below the batch's highest tag.
-        mode = batcher._ack(batch)
+        mode = acker.ack(batch)
         assert mode == ("each" if broker_url.startswith("amqp") else "pipeline")
         # Once it is settled, the next batch above it goes at once again.
         messages[3].ack()
-        assert batcher._ack(messages[7:9]) in ("multiple", "pipeline")
+        assert acker.ack(messages[7:9]) in ("multiple", "pipeline")
     assert left_in_queue(broker_url, queue) == [9]
+
+
+def test_the_acker_is_the_brokers(broker_url: str) -> None:
+    with Connection(broker_url) as conn:
+        acker = acks.for_connection(conn)
+    expected = acks.RabbitMQAcker if broker_url.startswith("amqp") else acks.RedisAcker
+    assert type(acker) is expected
+
+
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+def test_a_redis_qos_with_ack_many_settles_the_batch_with_it(broker_url: str,
+                                                             queue: Queue) -> None:
+    """A reliable-fetch transport's QoS offers `ack_many`: the batch goes through it,
+    once, with exactly the batch's tags, and not through the pipeline."""
+    url = broker_url
+    calls: list[list[Any]] = []
+    with holding(url, queue, 6) as (messages, acker):
+        qos = messages[0].channel.qos
+
+        def ack_many(tags: list[Any]) -> None:
+            calls.append(list(tags))
+            for tag in tags:
+                qos.ack(tag)
+
+        qos.ack_many = ack_many
+        try:
+            assert acker.ack(messages[:4]) == "pipeline"
+        finally:
+            del qos.ack_many
+        assert calls == [[m.delivery_tag for m in messages[:4]]]
+        assert all(m.acknowledged for m in messages[:4])
+    assert left_in_queue(url, queue) == [4, 5]

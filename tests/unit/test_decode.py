@@ -10,7 +10,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
 from kombu.utils.json import dumps
 
-from worker.batching import _decode
+from worker.batching.intake import _decode
 
 
 def message(body: bytes | str, encoding: str = "utf-8",
@@ -55,7 +55,7 @@ def test_json_is_refused_where_the_worker_accepts_only_signed_messages() -> None
 
 
 def test_prefetch_counts_events_and_bounds_bytes() -> None:
-    from worker.batching import prefetch
+    from worker.batching.intake import prefetch
 
     base = {"most_events": 2000, "held_events": 0, "held_messages": 0, "per_message": 1.0,
             "held_bytes": 0, "max_bytes": 256 * 2**20, "max_message_bytes": 256 * 2**10}
