@@ -72,13 +72,13 @@ TABLE: tuple[Task, ...] = (
     Task(AdjustPointsRequest, accounts.adjust_points, answers=True,
          on_dead_letter=accounts.rejected),
     Task(CreateAccountRequest, accounts.create_account, answers=True,
-         on_dead_letter=accounts.rejected),
+         on_dead_letter=accounts.rejected, replayable=False),
     Task(EarnPointsRequest, accounts.earn_points, answers=True,
-         on_dead_letter=accounts.rejected),
+         on_dead_letter=accounts.rejected, replayable=False),
     Task(RedeemPointsRequest, accounts.redeem_points, answers=True,
-         on_dead_letter=accounts.rejected),
+         on_dead_letter=accounts.rejected, replayable=False),
     Task(RefundTransactionRequest, accounts.refund_transaction, answers=True,
-         on_dead_letter=accounts.rejected),
+         on_dead_letter=accounts.rejected, replayable=False),
     Task(ReplayRequest, deadletters.replay, answers=True, replayable=False),
 )
 
