@@ -127,7 +127,8 @@ class Publisher:
                   per_message: int = BULK_MAX_EVENTS) -> list[str]:
         """Publish many events as `loyalty.events.bulk` messages; returns their message ids.
 
-        `events` are `(type, payload)` pairs, type "signup" or "order.completed". Each is
+        `events` are `(type, payload)` pairs, a type of BULK_TYPES ("signup", "order.completed",
+        "activity", "order.refunded"). Each is
         checked against its own contract first, so nothing is sent if one is invalid.
         """
         if not 1 <= per_message <= BULK_MAX_EVENTS:
@@ -168,6 +169,22 @@ class Publisher:
                    "order_id": order_id, "total": str(total), "currency": currency,
                    "occurred_at": occurred_at or _now()}
         return self._sent("loyalty.events.order_completed", payload)
+
+    def activity(self, *, contact_id: str, activity: str, reference_id: str | None = None,
+                 event_id: str | None = None, occurred_at: str | None = None) -> dict[str, Any]:
+        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+                   "activity": activity, "occurred_at": occurred_at or _now()}
+        if reference_id is not None:
+            payload["reference_id"] = reference_id
+        return self._sent("loyalty.events.activity", payload)
+
+    def order_refunded(self, *, contact_id: str, order_id: str, refund_id: str,
+                       amount: str | Decimal, currency: str, event_id: str | None = None,
+                       occurred_at: str | None = None) -> dict[str, Any]:
+        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+                   "order_id": order_id, "refund_id": refund_id, "amount": str(amount),
+                   "currency": currency, "occurred_at": occurred_at or _now()}
+        return self._sent("loyalty.events.order_refunded", payload)
 
     def adjust_points(self, **payload: Any) -> AsyncResult:
         """Publish an adjustment; the result's `request_id` is the idempotency key.

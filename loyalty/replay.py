@@ -28,7 +28,8 @@ KEPT_UNREAD = frozenset({"content_disallowed", "undecodable_body", "signature_in
                          "malformed_message", "unknown_task", "wrong_queue",
                          "message_too_large"})
 REPLAYABLE = ("loyalty.events.signup", "loyalty.events.order_completed",
-              "loyalty.accounts.adjust_points")
+              "loyalty.accounts.adjust_points", "loyalty.events.activity",
+              "loyalty.events.order_refunded")
 
 
 def decode_letter(letter: Mapping[str, Any]) -> Contract:

@@ -21,6 +21,7 @@ APP_WRITES: dict[str, str] = {
     "contacts": "INSERT, UPDATE",
     "accounts": "INSERT, UPDATE",
     "processed_events": "INSERT",
+    "order_refunds": "INSERT",
     "adjust_requests": "INSERT",
     "earn_rules": "INSERT, UPDATE",
     "dead_letters": "INSERT, UPDATE",

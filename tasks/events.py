@@ -9,7 +9,14 @@ from typing import Any
 
 from celery import Task
 
-from schemas.events import BulkEvents, OrderCompletedEvent, SignupEvent
+from loyalty.ledger import EventOutcome, Ledger
+from schemas.events import (
+    ActivityEvent,
+    BulkEvents,
+    OrderCompletedEvent,
+    OrderRefundedEvent,
+    SignupEvent,
+)
 from worker.app import app
 from worker.execution import run, run_bulk
 
@@ -25,6 +32,24 @@ def signup(self: Task, *args: Any, **kwargs: Any) -> Any:
 def order_completed(self: Task, *args: Any, **kwargs: Any) -> Any:
     return run(self, OrderCompletedEvent, lambda ledger, event: ledger.apply_order(event),
                args, kwargs)
+
+
+def apply_activity(ledger: Ledger, event: ActivityEvent) -> EventOutcome:
+    return ledger.apply_activity(event)
+
+
+def apply_refund(ledger: Ledger, event: OrderRefundedEvent) -> EventOutcome:
+    return ledger.apply_refund(event)
+
+
+@app.task(name="loyalty.events.activity", bind=True, Strategy=BATCHED)
+def activity(self: Task, *args: Any, **kwargs: Any) -> Any:
+    return run(self, ActivityEvent, apply_activity, args, kwargs)
+
+
+@app.task(name="loyalty.events.order_refunded", bind=True, Strategy=BATCHED)
+def order_refunded(self: Task, *args: Any, **kwargs: Any) -> Any:
+    return run(self, OrderRefundedEvent, apply_refund, args, kwargs)
 
 
 @app.task(name="loyalty.events.bulk", bind=True, Strategy=BATCHED)

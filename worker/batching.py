@@ -39,8 +39,10 @@ from loyalty.ledger import EventOutcome
 from schemas.events import (
     BULK_TYPES,
     TASKS,
+    ActivityEvent,
     BulkEvents,
     OrderCompletedEvent,
+    OrderRefundedEvent,
     PayloadError,
     SignupEvent,
     parse_task_args,
@@ -52,7 +54,9 @@ from worker.app import ledger, settings
 log = logging.getLogger("loyalty.batches")
 
 BULK_TASK = "loyalty.events.bulk"
-EVENT_TASKS = frozenset({"loyalty.events.signup", "loyalty.events.order_completed", BULK_TASK})
+EVENT_TASKS = frozenset({"loyalty.events.signup", "loyalty.events.order_completed", BULK_TASK,
+                         # issue 10: refunds and activities take the batch path too
+                         "loyalty.events.activity", "loyalty.events.order_refunded"})
 
 ACK, REQUEUE = "ack", policy.Action.REQUEUE.value
 
@@ -70,7 +74,7 @@ class Event:
     payload: Any
     retries: int
     delivery_info: dict[str, Any]
-    parsed: SignupEvent | OrderCompletedEvent | None = None
+    parsed: SignupEvent | OrderCompletedEvent | ActivityEvent | OrderRefundedEvent | None = None
     #: Why the event cannot even be parsed (a bulk item of an unknown type).
     error: str | None = None
 

@@ -13,6 +13,7 @@ A room per concept:
 - `adjusting`: staff adjustments (ADJUST entries);
 - `accounts`: account locks, reads and pages of accounts, entries and events;
 - `earn_rules`: the rules earning follows, and their changes;
+- `reversing`: order refunds turned into REVERSE entries, set-based like earning;
 - `dead_letters`: messages kept unapplied, and their replay;
 - `crashes`: how often a message took its worker process down;
 - `verify`: every invariant checked again across the database;
