@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,3 +125,19 @@ def test_activities_with_and_without_a_reference_and_in_bulk(deploy) -> None:
     assert sql(env, "SELECT count(*) FROM processed_events WHERE outcome = 'duplicate_activity'"
                ) == [(1,)]
     assert env.cli_json("verify")["ok"]
+
+
+def test_the_readme_try_it_runs_as_written(deploy) -> None:
+    """Every `loyalty` line of the README's "Try it", in order, against a real worker."""
+    env = deploy("redis")
+    env.worker()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"## Try it.*?```sh\n(.*?)```", readme, re.S)
+    assert block is not None
+    for line in block.group(1).splitlines():
+        if line.startswith("sleep"):
+            wait_for(lambda: env.broker.pending() == 0 and processed(env) >= 2, 30, "the worker")
+        elif line.startswith("loyalty "):
+            env.cli(*shlex.split(line)[1:])
+    wait_for(lambda: points(env, "alice")["reversed"] == 9, 30, "the refund")
+    assert points(env, "alice")["balance"] == 165
