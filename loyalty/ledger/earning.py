@@ -80,6 +80,12 @@ def events_work(conn: Connection, events: Sequence[Event]) -> list[Result]:
         if isinstance(event, SignupEvent):
             results[i] = guarded(conn, signup_work(event))
     orders = [(i, e) for i, e in enumerate(events) if isinstance(e, OrderCompletedEvent)]
+    kinds = {type(e) for e in events} - {SignupEvent}
+    if len(kinds) > 1:
+        # Orders, activities and refunds lock their accounts phase by phase; lock them all
+        # at once first, in id order, so that two such batches cannot deadlock across phases.
+        conn.exec_driver_sql(sql.LOCK_ACCOUNTS_BY_CONTACT, {"contacts": sorted(
+            {e.contact_id for e in events if not isinstance(e, SignupEvent)})}).all()
     if orders:
         _orders(conn, orders, results)
     activities = [(i, e) for i, e in enumerate(events) if isinstance(e, ActivityEvent)]

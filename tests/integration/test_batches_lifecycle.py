@@ -104,3 +104,29 @@ def test_refunds_and_activities_in_batches_equal_one_by_one(ledger: Ledger, refe
     assert state(ledger) == state(reference)
     assert ledger.verify()["ok"], ledger.verify()["violations"]
     assert reference.verify()["ok"]
+
+
+def test_concurrent_batches_of_orders_and_refunds_add_up(db_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loyalty import db
+
+    ledger = Ledger(db.get_engine(db_url, pool_size=8))
+    contacts = [f"c{i}" for i in range(10)]
+    ledger.apply_events([signup(c) for c in contacts])
+    rng = random.Random(11)
+    placed = [order(rng.choice(contacts), f"o{k}", "10.00") for k in range(400)]
+    ledger.apply_events(placed[:200])
+    refunds = [refund(o.contact_id, o.order_id, "r1", "5.00") for o in placed[:200]]
+    events: list[Event] = [*placed[200:], *refunds]
+    batches = [rng.sample(events, 150) for _ in range(12)]  # every event in several batches
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for batch in pool.map(ledger.apply_events, batches) for r in batch]
+    assert not [r for r in results if isinstance(r, LoyaltyError)]
+    applied = {r.event_id for r in results if isinstance(r, EventOutcome) and not r.duplicate}
+    orders_in = len([e for e in applied if e.startswith("order-")])
+    refunds_in = len([e for e in applied if e.startswith("refund-")])
+    totals = ledger.totals()["points"]
+    assert totals["earned"] == 100 * len(contacts) + 10 * (200 + orders_in)
+    assert totals["reversed"] == 5 * refunds_in
+    assert ledger.verify()["ok"]
