@@ -22,6 +22,10 @@ from loyalty.cli import main
     (["adjust", "--contact-id", "x", "--amount", "1", "--balance", "2", "--description", "d",
       "--actor", "a"], "exactly one of"),
     (["no-such-command"], "No such command"),
+    (["rules", "create", "--name", "n", "--trigger", "activity", "--kind", "fixed",
+      "--points", "1"], "--activity"),
+    (["publish", "refund", "--contact-id", "c", "--order-id", "o", "--refund-id", "r",
+      "--currency", "USD"], "--amount"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     with CliRunner().isolation() as (_out, err, *_):
