@@ -65,16 +65,17 @@ FUNCTIONS = [
                 USING ERRCODE = 'check_violation',
                       CONSTRAINT = 'ledger_entries_reverses_order_earn';
         END IF;
-        SELECT s.account_id, s.order_id, s.taken, e.amount AS earned INTO bad
-            FROM (SELECT r.account_id, r.order_id, -sum(r.amount) AS taken
-                  FROM public.ledger_entries r
-                  WHERE r.type = 'REVERSE'
-                    AND (r.account_id, r.order_id) IN
-                        (SELECT account_id, order_id FROM new_entries WHERE type = 'REVERSE')
-                  GROUP BY r.account_id, r.order_id) s
-            JOIN public.ledger_entries e ON e.account_id = s.account_id
-                 AND e.order_id = s.order_id AND e.type = 'EARN'
-            WHERE s.taken > e.amount
+        -- Per (account, order) and per account, one index probe each (the partial
+        -- index of REVERSE entries): never a scan of every reversal there is.
+        SELECT p.account_id, p.order_id, t.taken, e.amount AS earned INTO bad
+            FROM (SELECT DISTINCT account_id, order_id FROM new_entries
+                  WHERE type = 'REVERSE') p
+            CROSS JOIN LATERAL (SELECT -sum(r.amount) AS taken FROM public.ledger_entries r
+                                WHERE r.type = 'REVERSE' AND r.account_id = p.account_id
+                                  AND r.order_id = p.order_id) t
+            JOIN public.ledger_entries e ON e.account_id = p.account_id
+                 AND e.order_id = p.order_id AND e.type = 'EARN' AND e.order_id IS NOT NULL
+            WHERE t.taken > e.amount
             LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'order % of account % earned % points; its reversals take back %',
@@ -82,14 +83,13 @@ FUNCTIONS = [
                 USING ERRCODE = 'check_violation',
                       CONSTRAINT = 'ledger_entries_reversals_within_earned';
         END IF;
-        SELECT a.id, a.reversed, COALESCE(-s.total, 0) AS ledger_reversed INTO bad
-            FROM public.accounts a
-            LEFT JOIN (SELECT account_id, sum(amount) AS total FROM public.ledger_entries
-                       WHERE type = 'REVERSE' AND account_id IN
-                             (SELECT account_id FROM new_entries WHERE type = 'REVERSE')
-                       GROUP BY account_id) s ON s.account_id = a.id
-            WHERE a.id IN (SELECT account_id FROM new_entries WHERE type = 'REVERSE')
-              AND a.reversed <> COALESCE(-s.total, 0)
+        SELECT a.id, a.reversed, t.total AS ledger_reversed INTO bad
+            FROM (SELECT DISTINCT account_id FROM new_entries WHERE type = 'REVERSE') n
+            JOIN public.accounts a ON a.id = n.account_id
+            CROSS JOIN LATERAL (SELECT COALESCE(-sum(r.amount), 0) AS total
+                                FROM public.ledger_entries r
+                                WHERE r.type = 'REVERSE' AND r.account_id = a.id) t
+            WHERE a.reversed <> t.total
             LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'account % reversed % does not match its REVERSE entries (%)',
