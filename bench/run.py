@@ -9,6 +9,10 @@ It creates its own database (dropped afterwards), seeds accounts, and measures:
 - latency: p50/p99 from publish to commit at a steady offered load (20% of the drain rate);
 - peak RSS of each worker process;
 - publish: events/s the producer helper publishes from one process;
+- with --refunds PCT: a second drain of as many events, PCT% of them refunds (partial and
+  full) of orders from the first, the rest new orders, then a third of orders only;
+  `mixed_vs_orders` is the second's rate over the mean of the two orders-only drains
+  (issue 10 wants at least 0.8);
 - references from the same run: `pgbench -N` TPS (`-i -s 10`, then `-c 8 -j 2 -T 15`)
   and kombu's raw drain-and-ack rate on the same broker.
 At the end it checks the ledger (`verify`) and the expected totals, prints a table and
@@ -212,6 +216,61 @@ def orders(n: int, accounts: int, hot: bool, seed: int, tag: str) -> tuple[list[
     return events, expected
 
 
+def refunds_of(placed: list[dict], share: float, seed: int) -> tuple[list[dict], int]:
+    """Refunds of `share` of the placed orders, a quarter to all of each total; and the
+    points they take back in all (every account holds enough: no shortfall)."""
+    from loyalty.refunds import points_due
+
+    rng = random.Random(seed)
+    events, reversed_ = [], 0
+    for i, order in enumerate(rng.sample(placed, int(len(placed) * share))):
+        total = Decimal(order["total"])
+        amount = (total * rng.randint(1, 4) / 4).quantize(Decimal("0.01"), ROUND_FLOOR)
+        if amount <= 0:
+            amount = total
+        reversed_ += points_due(int(total.to_integral_value(ROUND_FLOOR)), total, amount)
+        events.append({"event_id": f"refund-{i}", "contact_id": order["contact_id"],
+                       "order_id": order["order_id"], "refund_id": "r1", "amount": str(amount),
+                       "currency": "USD", "occurred_at": "2026-01-01T00:00:00Z"})
+    return events, reversed_
+
+
+def drain_rate(dep: Deployment, before: int, n: int) -> float:
+    """Events/s from the first applied event of this drain to its last (polled)."""
+    while dep.query("SELECT count(*) FROM processed_events")[0] == before:
+        time.sleep(0.02)
+    first = time.perf_counter()
+    while (done := dep.query("SELECT count(*) FROM processed_events")[0]) < before + n:
+        time.sleep(0.05)
+    return (done - before) / max(time.perf_counter() - first, 1e-6)
+
+
+def mixed_drain(dep: Deployment, publisher: Any, placed: list[dict], args: Any, share: float,
+                tag: str) -> tuple[float, int, int]:
+    """Orders mixed with `share` refunds of earlier orders, drained by freshly started
+    workers as the first drain was, after a VACUUM ANALYZE (autovacuum catching up with
+    the previous drain must not land in this one); returns its rate, the points earned
+    and those taken back."""
+    dep.stop()
+    dep.workers = []
+    refunds, reversed_ = refunds_of(placed, share, 4) if share else ([], 0)
+    fresh, earned = orders(args.events - len(refunds), args.accounts, args.hot, len(tag), tag)
+    stream = [("loyalty.events.order_completed", e) for e in fresh] + [
+        ("loyalty.events.order_refunded", e) for e in refunds]
+    random.Random(6).shuffle(stream)
+    for name, event in stream:
+        publisher.send(name, event)
+    admin_db(dep, "VACUUM ANALYZE")
+    before = dep.query("SELECT count(*) FROM processed_events")[0]
+    dep.start_workers(args.processes, args.concurrency)
+    return drain_rate(dep, before, len(stream)), earned, reversed_
+
+
+def admin_db(dep: Deployment, sql: str) -> None:
+    with psycopg.connect(dep.dsn, autocommit=True) as conn:
+        conn.execute(sql)
+
+
 def wait_processed(dep: Deployment, n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while dep.query("SELECT count(*) FROM processed_events")[0] < n:
@@ -237,6 +296,8 @@ def main() -> None:
                         help="grow the ledger to N entries before the drain")
     parser.add_argument("--replay", type=int, default=0, metavar="N",
                         help="also time `loyalty dlq replay --all` of N dead letters")
+    parser.add_argument("--refunds", type=float, default=0, metavar="PCT",
+                        help="also drain a stream with PCT%% refunds, e.g. 20 (issue 10)")
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a worker setting, e.g. batch_wait_ms=5 (LOYALTY_BATCH_WAIT_MS)")
@@ -286,13 +347,24 @@ def main() -> None:
         dep.start_workers(args.processes, args.concurrency)
         # Wall clock from the first applied event to the last, polled: processed_at is a
         # transaction's start, and a batch's events all share it.
-        while dep.query("SELECT count(*) FROM processed_events")[0] == 0:
-            time.sleep(0.02)
-        first = time.perf_counter()
-        while (done := dep.query("SELECT count(*) FROM processed_events")[0]) < args.events:
-            time.sleep(0.05)
-        drain = done / max(time.perf_counter() - first, 1e-6)
+        drain = drain_rate(dep, 0, args.events)
         results["drain_events_per_s"] = round(drain, 1)
+        reversed_expected = 0
+        if args.refunds:
+            print(f"draining orders with {args.refunds:g}% refunds ...", file=sys.stderr)
+            # Orders only again afterwards: the mixed drain is compared with both orders-only
+            # drains around it, so that a ledger growing over the run favours neither.
+            with Publisher(settings=settings) as publisher:
+                mixed, more, reversed_expected = mixed_drain(dep, publisher, events, args,
+                                                             args.refunds / 100, "mixed")
+                expected += more
+                print("draining orders only again ...", file=sys.stderr)
+                again, more, _ = mixed_drain(dep, publisher, events, args, 0, "again")
+                expected += more
+            results["mixed_events_per_s"] = round(mixed, 1)
+            results["orders_again_events_per_s"] = round(again, 1)
+            results["mixed_vs_orders"] = round(mixed / ((drain + again) / 2), 3)
+            args.events *= 3  # what the latency phase waits for
 
         rate = max(1.0, drain * 0.2)
         count = int(rate * args.latency_seconds)
@@ -331,6 +403,9 @@ def main() -> None:
         results["verify_ok"] = report["ok"]
         results["earned_expected"] = expected
         results["earned_actual"] = totals["points"]["earned"]
+        if args.refunds:
+            results["reversed_expected"] = reversed_expected
+            results["reversed_actual"] = totals["points"]["reversed"]
         if "pgbench_tps" in results:
             results["drain_vs_pgbench"] = round(drain / results["pgbench_tps"], 3)
             results["drain_vs_kombu"] = round(drain / results["kombu_drain_per_s"], 3)
@@ -339,13 +414,15 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     name = (f"{args.broker}-p{args.processes}c{args.concurrency}{'-hot' if args.hot else ''}"
-            f"{f'-bulk{args.bulk}' if args.bulk else ''}-{run_id}.json")
+            f"{f'-bulk{args.bulk}' if args.bulk else ''}"
+            f"{f'-refunds{args.refunds:g}' if args.refunds else ''}-{run_id}.json")
     (out / name).write_text(json.dumps(results, indent=2, default=str))
     width = max(len(k) for k in results)
     for key, value in results.items():
         print(f"{key.ljust(width)}  {value}")
     print(f"written: bench/results/{name}")
-    if not results.get("verify_ok") or results["earned_expected"] != results["earned_actual"]:
+    if not results.get("verify_ok") or results["earned_expected"] != results["earned_actual"] \
+            or results.get("reversed_expected") != results.get("reversed_actual"):
         raise SystemExit("the ledger does not add up")
 
 

@@ -27,6 +27,18 @@ class AccountNotFound(LoyaltyError):
     reason = "account_not_found"
 
 
+class OrderNotFound(LoyaltyError):
+    """A refund whose order has not been applied (yet): retried like a missing account."""
+
+    reason = "order_not_found"
+
+
+class CurrencyMismatch(LoyaltyError):
+    """A refund in another currency than its order's."""
+
+    reason = "currency_mismatch"
+
+
 class NoActiveRule(LoyaltyError):
     reason = "no_active_rule"
 
@@ -123,7 +135,7 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
     "idempotency_conflict", "member_id_conflict", "points_above_maximum",
     "balance_above_maximum", "content_disallowed", "undecodable_body", "unknown_task",
     "malformed_message", "signature_invalid", "wrong_queue", "message_too_large", "poison",
-    "internal_error",
+    "internal_error", "order_not_found", "currency_mismatch",
 )
 
 #: Letters kept without being read, because the message was unreadable, unsigned or

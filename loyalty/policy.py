@@ -9,8 +9,9 @@ or requeued (handed back to the broker unacknowledged).
 | failure                                      | decision                                  |
 |----------------------------------------------|-------------------------------------------|
 | invalid payload, conflict, ceiling, no rule  | dead-lettered at once with its reason     |
-| account not found (its signup may be late)   | retried (LOYALTY_NOT_FOUND_RETRIES), then |
-|                                              | dead-lettered as `account_not_found`      |
+| account not found (its signup may be late),  | retried (LOYALTY_NOT_FOUND_RETRIES), then |
+| order not found (a refund before its order)  | dead-lettered as `account_not_found` or   |
+|                                              | `order_not_found`                         |
 | transient (database away), soft time limit   | retried (LOYALTY_MAX_RETRIES), then       |
 |                                              | dead-lettered as `retries_exhausted`      |
 | a bug                                        | dead-lettered as `internal_error`         |
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from loyalty.errors import AccountNotFound, LoyaltyError, TransientError
+from loyalty.errors import AccountNotFound, LoyaltyError, OrderNotFound, TransientError
 from loyalty.retry import backoff_seconds, should_retry
 from schemas.events import TASKS
 
@@ -83,8 +84,8 @@ def after_failure(exc: BaseException, retries: int, limits: Limits, *, timed_out
 
     `timed_out`: the work hit its soft time limit, which is retried like a database away.
     """
-    if isinstance(exc, AccountNotFound):
-        # Often the signup is still in flight: wait for it before giving up.
+    if isinstance(exc, AccountNotFound | OrderNotFound):
+        # Often the signup (or the refund's order) is still in flight: wait for it.
         if should_retry(retries, limits.not_found_retries):
             return Decision(Action.RETRY, exc.reason, str(exc), backoff_seconds(
                 retries, cap=limits.retry_backoff_max, base=limits.not_found_backoff, rand=rand))

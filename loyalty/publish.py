@@ -29,11 +29,13 @@ from schemas.events import (
     BULK_TYPES,
     TASK_OF,
     TASKS,
+    ActivityEvent,
     AdjustPointsRequest,
     BulkEvents,
     CreateAccountRequest,
     EarnPointsRequest,
     OrderCompletedEvent,
+    OrderRefundedEvent,
     RedeemPointsRequest,
     RefundTransactionRequest,
     SignupEvent,
@@ -136,7 +138,8 @@ class Publisher:
                   per_message: int = BULK_MAX_EVENTS) -> list[str]:
         """Publish many events as `loyalty.events.bulk` messages; returns their message ids.
 
-        `events` are `(type, payload)` pairs, type "signup" or "order.completed". Each is
+        `events` are `(type, payload)` pairs, a type of BULK_TYPES ("signup", "order.completed",
+        "activity", "order.refunded"). Each is
         checked against its own contract first, so nothing is sent if one is invalid.
         """
         if not 1 <= per_message <= BULK_MAX_EVENTS:
@@ -177,6 +180,22 @@ class Publisher:
                    "order_id": order_id, "total": str(total), "currency": currency,
                    "occurred_at": occurred_at or _now()}
         return self._sent(TASK_OF[OrderCompletedEvent], payload)
+
+    def activity(self, *, contact_id: str, activity: str, reference_id: str | None = None,
+                 event_id: str | None = None, occurred_at: str | None = None) -> dict[str, Any]:
+        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+                   "activity": activity, "occurred_at": occurred_at or _now()}
+        if reference_id is not None:
+            payload["reference_id"] = reference_id
+        return self._sent(TASK_OF[ActivityEvent], payload)
+
+    def order_refunded(self, *, contact_id: str, order_id: str, refund_id: str,
+                       amount: str | Decimal, currency: str, event_id: str | None = None,
+                       occurred_at: str | None = None) -> dict[str, Any]:
+        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+                   "order_id": order_id, "refund_id": refund_id, "amount": str(amount),
+                   "currency": currency, "occurred_at": occurred_at or _now()}
+        return self._sent(TASK_OF[OrderRefundedEvent], payload)
 
     def request(self, task_name: str, **payload: Any) -> AsyncResult:
         """Publish a staff request; the result's `request_id` is its idempotency key.

@@ -22,6 +22,7 @@ APP_WRITES: dict[str, str] = {
     "accounts": "INSERT, UPDATE",
     "processed_events": "INSERT",
     "staff_requests": "INSERT",
+    "order_refunds": "INSERT",
     "earn_rules": "INSERT, UPDATE",
     # The command line edits the catalogue; the worker writes redemptions, and changes
     # nothing of one but its refund (a trigger also holds the owner to that).

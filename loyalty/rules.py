@@ -13,11 +13,11 @@ from typing import Literal
 from loyalty.errors import InvalidRule, RuleError
 from schemas.events import MAX_POINTS_AT_ONCE
 
-Trigger = Literal["signup", "order.completed"]
+Trigger = Literal["signup", "order.completed", "activity"]
 Kind = Literal["fixed", "conversion"]
 Status = Literal["ACTIVE", "PAUSED"]
 
-TRIGGERS: tuple[str, ...] = ("signup", "order.completed")
+TRIGGERS: tuple[str, ...] = ("signup", "order.completed", "activity")
 KINDS: tuple[str, ...] = ("fixed", "conversion")
 STATUSES: tuple[str, ...] = ("ACTIVE", "PAUSED")
 MAX_RULE_POINTS = 1_000_000_000
@@ -40,6 +40,8 @@ class EarnRule:
     currency: str | None
     status: str
     revision: int
+    #: The activity an `activity` rule earns for; None for other triggers.
+    activity: str | None = None
 
     def points_for(self, total: Decimal | None = None) -> int:
         return compute_points(self.kind, self.points, self.money_amount, total)
@@ -65,10 +67,17 @@ def validate_rule(
     money_amount: Decimal | None,
     currency: str | None,
     status: str = "ACTIVE",
+    activity: str | None = None,
 ) -> None:
     """Reject what the database CHECKs would reject, with a message a person can act on."""
     if trigger not in TRIGGERS:
         raise InvalidRule(f"trigger must be one of {', '.join(TRIGGERS)}")
+    if (trigger == "activity") != (activity is not None):
+        raise InvalidRule("an activity rule names its activity (--activity), and only it does")
+    if activity is not None and not 1 <= len(activity) <= 100:
+        raise InvalidRule("activity must be 1 to 100 characters")
+    if trigger == "activity" and (kind != "fixed" or currency is not None):
+        raise InvalidRule("an activity rule is a fixed amount with no currency")
     if kind not in KINDS:
         raise InvalidRule(f"kind must be one of {', '.join(KINDS)}")
     if status not in STATUSES:

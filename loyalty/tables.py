@@ -28,6 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+#: An activity event's EARN names its activity (its rule's, by foreign key); otherwise only
+#: a staff EARN (no event) carries an activity (0008); a reference only on an activity's.
+ACTIVITY_EARN_CHECK = ("(event_type IS DISTINCT FROM 'activity' OR activity IS NOT NULL)"
+                       " AND (activity IS NULL OR (type = 'EARN'"
+                       " AND (event_type = 'activity' OR event_type IS NULL)))"
+                       " AND (reference_id IS NULL OR event_type = 'activity')")
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -75,13 +82,17 @@ accounts = Table(
     Column("adjusted", BigInteger, nullable=False, server_default="0"),
     Column("redeemed", BigInteger, nullable=False, server_default="0"),
     Column("expired", BigInteger, nullable=False, server_default="0"),
+    #: Points taken back because orders were refunded (REVERSE entries), migration 0009.
+    Column("reversed", BigInteger, nullable=False, server_default="0"),
     Column("revision", BigInteger, nullable=False, server_default="1"),
     _ts("created_at"),
     _ts("updated_at"),
     _ts("last_activity_at"),
     CheckConstraint("balance >= 0", name="balance_not_negative"),
     CheckConstraint("earned >= 0 AND redeemed >= 0 AND expired >= 0", name="totals_not_negative"),
-    CheckConstraint("balance = earned + adjusted - redeemed - expired", name="balance_adds_up"),
+    CheckConstraint("balance = earned + adjusted - redeemed - expired - reversed",
+                    name="balance_adds_up"),
+    CheckConstraint("reversed >= 0", name="reversed_not_negative"),
     CheckConstraint("revision >= 1", name="revision_positive"),
     CheckConstraint("id::text <> contact_id", name="id_is_not_contact_id"),
     CheckConstraint("balance <= 999999999", name="balance_at_most_max"),
@@ -101,8 +112,14 @@ earn_rules = Table(
     Column("revision", BigInteger, nullable=False, server_default="1"),
     _ts("created_at"),
     _ts("updated_at"),
+    #: The activity an `activity` rule earns for (migration 0009); NULL for other triggers.
+    Column("activity", Text, nullable=True),
     CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
-    CheckConstraint("trigger IN ('signup', 'order.completed')", name="trigger_known"),
+    CheckConstraint("trigger IN ('signup', 'order.completed', 'activity')", name="trigger_known"),
+    CheckConstraint("(trigger = 'activity') = (activity IS NOT NULL)", name="activity_rule_names_activity"),
+    CheckConstraint("trigger <> 'activity' OR (kind = 'fixed' AND currency IS NULL)",
+                    name="activity_is_fixed"),
+    CheckConstraint("char_length(activity) BETWEEN 1 AND 100", name="activity_length"),
     CheckConstraint("kind IN ('fixed', 'conversion')", name="kind_known"),
     CheckConstraint("status IN ('ACTIVE', 'PAUSED')", name="status_known"),
     CheckConstraint("points > 0 AND points <= 1000000000", name="points_range"),
@@ -115,8 +132,11 @@ earn_rules = Table(
     CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
     CheckConstraint("revision >= 1", name="revision_positive"),
     UniqueConstraint("id", "trigger", name="uq_earn_rules_id_trigger"),
-    # One active rule per trigger and currency, so the applied rule is never ambiguous.
-    Index("uq_earn_rules_one_active", "trigger", text("coalesce(currency, '')"), unique=True,
+    UniqueConstraint("id", "activity", name="uq_earn_rules_id_activity"),
+    # One active rule per trigger, currency and activity, so the applied rule is never
+    # ambiguous.
+    Index("uq_earn_rules_one_active", "trigger", text("coalesce(currency, '')"),
+          text("coalesce(activity, '')"), unique=True,
           postgresql_where=text("status = 'ACTIVE'")),
 )
 
@@ -144,26 +164,37 @@ ledger_entries = Table(
     Column("currency", Text, nullable=True),
     # ADJUST, staff EARN, REDEEM and REFUND source
     Column("actor", Text, nullable=True),
-    #: A staff EARN's activity (it has no event and no rule).
+    #: The activity an EARN was for: a staff earn's (no event, no rule; 0008), or an
+    #: activity event's, which must be its rule's (0009).
     Column("activity", Text, nullable=True),
     #: The REDEEM entry a REFUND gives back; at most one REFUND per REDEEM.
     Column("refunds_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"),
            nullable=True, unique=True),
     Column("balance_before", BigInteger, nullable=True),
+    # activity EARN source (0009): the reference it earns once for
+    Column("reference_id", Text, nullable=True),
+    # REVERSE source (0009): the refund, and the order's EARN it takes points back from
+    Column("refund_id", Text, nullable=True),
+    Column("reverses_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"),
+           nullable=True),
     #: The account's revision after this entry: revisions chain like balances.
     Column("account_revision", BigInteger, nullable=False),
     _ts("created_at"),
     # An EARN's event type is its rule's trigger.
     ForeignKeyConstraint(["rule_id", "event_type"], ["earn_rules.id", "earn_rules.trigger"],
                          name="fk_ledger_entries_rule_id_earn_rules"),
-    CheckConstraint("type IN ('EARN', 'ADJUST', 'REDEEM', 'REFUND', 'EXPIRE')", name="type_known"),
-    CheckConstraint("event_type IS NULL OR event_type IN ('signup', 'order.completed')",
-                    name="event_type_known"),
+    # An activity EARN's activity is its rule's.
+    ForeignKeyConstraint(["rule_id", "activity"], ["earn_rules.id", "earn_rules.activity"],
+                         name="fk_ledger_entries_rule_id_activity_earn_rules"),
+    CheckConstraint("type IN ('EARN', 'ADJUST', 'REDEEM', 'REFUND', 'EXPIRE', 'REVERSE')",
+                    name="type_known"),
+    CheckConstraint("event_type IS NULL OR event_type IN ('signup', 'order.completed', 'activity',"
+                    " 'order.refunded')", name="event_type_known"),
     CheckConstraint("seq > 0", name="seq_positive"),
     CheckConstraint("account_revision >= 2", name="account_revision_after_first"),
     CheckConstraint(
-        "(type IN ('EARN', 'REFUND') AND amount > 0) OR (type IN ('REDEEM', 'EXPIRE') AND amount < 0)"
-        " OR type = 'ADJUST'",
+        "(type IN ('EARN', 'REFUND') AND amount > 0)"
+        " OR (type IN ('REDEEM', 'EXPIRE', 'REVERSE') AND amount < 0) OR type = 'ADJUST'",
         name="amount_sign",
     ),
     CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
@@ -199,6 +230,19 @@ ledger_entries = Table(
           postgresql_where=text("type = 'EARN' AND event_type = 'signup'")),
     Index("uq_ledger_entries_one_order", "account_id", "order_id", unique=True,
           postgresql_where=text("type = 'EARN' AND order_id IS NOT NULL")),
+    # 0009: activities and refunds.
+    CheckConstraint(ACTIVITY_EARN_CHECK,
+                    name="activity_earn_has_activity"),
+    CheckConstraint("(type = 'REVERSE') = (reverses_entry_id IS NOT NULL) AND (type <> 'REVERSE'"
+                    " OR (event_type = 'order.refunded' AND event_id IS NOT NULL"
+                    " AND order_id IS NOT NULL AND refund_id IS NOT NULL))",
+                    name="reverse_has_source"),
+    # An activity with a reference earns once per account, activity and reference.
+    Index("uq_ledger_entries_one_activity_reference", "account_id", "activity", "reference_id",
+          unique=True, postgresql_where=text("type = 'EARN' AND reference_id IS NOT NULL")),
+    # A refund reverses once; and the sums of an order's (and account's) reversals.
+    Index("uq_ledger_entries_one_reversal", "account_id", "order_id", "refund_id", unique=True,
+          postgresql_where=text("type = 'REVERSE'")),
 )
 
 #: Every revision of every earn rule, written by a trigger (the application may only read
@@ -215,6 +259,7 @@ earn_rule_revisions = Table(
     Column("currency", Text, nullable=True),
     Column("status", Text, nullable=False),
     _ts("recorded_at"),
+    Column("activity", Text, nullable=True),
 )
 
 #: Every event the worker has accepted, with a fingerprint of its payload, so a
@@ -239,11 +284,43 @@ processed_events = Table(
     _id_len("event_id"),
     CheckConstraint(
         "outcome IN ('earned', 'duplicate_order', 'duplicate_order_changed', 'already_signed_up',"
-        " 'no_points', 'no_rule')",
+        " 'no_points', 'no_rule', 'duplicate_activity', 'reversed', 'refund_recorded',"
+        " 'duplicate_refund')",
         name="outcome_known",
     ),
-    CheckConstraint("(outcome = 'earned') = (ledger_entry_id IS NOT NULL AND points > 0)",
+    CheckConstraint("(outcome IN ('earned', 'reversed')) = (ledger_entry_id IS NOT NULL AND points > 0)",
                     name="earned_has_entry"),
+    #: Orders that earned nothing, found by a refund (0009): only those rows pay for it.
+    Index("ix_processed_events_no_points_order", "account_id", "order_id",
+          postgresql_where=text("outcome = 'no_points' AND order_id IS NOT NULL")),
+)
+
+#: Every refund of an order, once per (account, order, refund_id) (migration 0009): what it
+#: was due to take back, what it took (its REVERSE entry, if it took any) and the shortfall.
+order_refunds = Table(
+    "order_refunds",
+    metadata,
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), primary_key=True),
+    Column("order_id", Text, primary_key=True),
+    Column("refund_id", Text, primary_key=True),
+    Column("event_id", Text, ForeignKey("processed_events.event_id"), nullable=False, unique=True),
+    Column("amount", Numeric(18, 4), nullable=False),
+    Column("currency", Text, nullable=False),
+    #: The order's EARN; NULL when the order earned no points.
+    Column("earn_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"), nullable=True),
+    #: This refund's REVERSE; NULL when it took nothing.
+    Column("reverse_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"),
+           nullable=True, unique=True),
+    Column("due", BigInteger, nullable=False),
+    Column("taken", BigInteger, nullable=False),
+    Column("shortfall", BigInteger, nullable=False),
+    _ts("created_at"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
+    CheckConstraint("due >= 0 AND taken >= 0 AND shortfall >= 0 AND due = taken + shortfall",
+                    name="due_adds_up"),
+    CheckConstraint("(taken > 0) = (reverse_entry_id IS NOT NULL)", name="taken_has_entry"),
+    CheckConstraint("earn_entry_id IS NOT NULL OR due = 0", name="due_has_earn"),
 )
 
 #: First result of every staff request (adjust, create, earn, redeem, refund) by
@@ -400,6 +477,7 @@ __all__ = [
     "ledger_totals",
     "message_crashes",
     "metadata",
+    "order_refunds",
     "processed_events",
     "redemptions",
     "rewards",

@@ -35,6 +35,7 @@ def account_json(row: Mapping[Any, Any]) -> dict[str, Any]:
             "adjusted": row["adjusted"],
             "redeemed": row["redeemed"],
             "expired": row["expired"],
+            "reversed": row["reversed"],
         },
         "revision": row["revision"],
         "created_at": _ts(row["created_at"]),
@@ -54,6 +55,17 @@ def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:
             "order_id": row["order_id"],
             "rule_id": row["rule_id"],
             "rule_revision": row["rule_revision"],
+        }
+        if row.get("activity") is not None:
+            source.update(activity=row["activity"], reference_id=row.get("reference_id"))
+    elif row["type"] == "REVERSE":
+        source = {
+            "order_id": row["order_id"],
+            "refund_id": row["refund_id"],
+            "reverses_transaction_id": str(row["reverses_entry_id"]),
+            "due": row.get("due"),
+            "taken": row.get("taken"),
+            "shortfall": row.get("shortfall"),
         }
     elif row["type"] == "ADJUST":
         source = {
@@ -90,6 +102,7 @@ def rule_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "points": row["points"],
         "money_amount": format(money.normalize(), "f") if money is not None else None,
         "currency": row["currency"],
+        "activity": row.get("activity"),
         "status": row["status"],
         "revision": row["revision"],
         "created_at": _ts(row["created_at"]),

@@ -201,6 +201,56 @@ class OrderCompletedEvent(Contract):
     occurred_at: OccurredAt
 
 
+def _parse_refund_amount(value: object) -> Decimal:
+    amount = _parse_total(value)
+    if amount <= 0:
+        raise ValueError("must be a positive decimal string, e.g. \"10.00\"")
+    return amount
+
+
+#: Money refunded: a Total above zero.
+RefundAmount = Annotated[
+    Decimal,
+    BeforeValidator(_parse_refund_amount),
+    PlainSerializer(lambda v: format(v.normalize(), "f"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DECIMAL.pattern,
+                    "description": "Money refunded by this refund, a positive decimal string,"
+                                   " e.g. \"10.00\""}),
+]
+
+
+class ActivityEvent(Contract):
+    """Payload of `loyalty.events.activity`: a customer did something a rule rewards.
+
+    With `reference_id` (a review's id, say) it earns at most once per account,
+    activity and reference.
+    """
+
+    model_config = ConfigDict(title="loyalty.events.activity")
+
+    event_id: Id
+    contact_id: Id
+    activity: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_visible_id),
+                        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 100,
+                                        "pattern": VISIBLE_ID})]
+    reference_id: Id | None = None
+    occurred_at: OccurredAt
+
+
+class OrderRefundedEvent(Contract):
+    """Payload of `loyalty.events.order_refunded`: money of a completed order was refunded."""
+
+    model_config = ConfigDict(title="loyalty.events.order_refunded")
+
+    event_id: Id
+    contact_id: Id
+    order_id: Id
+    refund_id: Id
+    amount: RefundAmount
+    currency: Currency
+    occurred_at: OccurredAt
+
+
 class AdjustPointsRequest(Contract):
     """Payload of `loyalty.accounts.adjust_points`: staff changes an account's points."""
 
@@ -366,7 +416,9 @@ BULK_MAX_EVENTS = 1000
 
 #: A bulk item's `type` -> the single-event task whose payload it carries.
 BULK_TYPES = {"signup": "loyalty.events.signup",
-              "order.completed": "loyalty.events.order_completed"}
+              "order.completed": "loyalty.events.order_completed",
+              "activity": "loyalty.events.activity",
+              "order.refunded": "loyalty.events.order_refunded"}
 
 
 class BulkItem(BaseModel):
@@ -376,7 +428,8 @@ class BulkItem(BaseModel):
 
     type: Annotated[str, WithJsonSchema({"type": "string", "enum": sorted(BULK_TYPES)})]
     payload: dict[str, Any] = Field(description=(
-        "the payload of loyalty.events.signup or loyalty.events.order_completed, by type"))
+        "the payload of loyalty.events.signup, order_completed, activity or order_refunded,"
+        " by type"))
 
 
 class BulkEvents(Contract):
@@ -403,6 +456,8 @@ TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.events.signup": (EVENTS_QUEUE, SignupEvent),
     "loyalty.events.order_completed": (EVENTS_QUEUE, OrderCompletedEvent),
     "loyalty.events.bulk": (EVENTS_QUEUE, BulkEvents),
+    "loyalty.events.activity": (EVENTS_QUEUE, ActivityEvent),
+    "loyalty.events.order_refunded": (EVENTS_QUEUE, OrderRefundedEvent),
     "loyalty.accounts.adjust_points": (ADMIN_QUEUE, AdjustPointsRequest),
     "loyalty.accounts.create": (ADMIN_QUEUE, CreateAccountRequest),
     "loyalty.accounts.earn_points": (ADMIN_QUEUE, EarnPointsRequest),

@@ -13,7 +13,7 @@ from loyalty.ledger import earning
 
 if TYPE_CHECKING:
     from loyalty.ledger import EventOutcome, Ledger
-    from schemas.events import OrderCompletedEvent, SignupEvent
+    from schemas.events import ActivityEvent, OrderCompletedEvent, OrderRefundedEvent, SignupEvent
 
 
 def signup(ledger: Ledger, event: SignupEvent) -> EventOutcome:
@@ -24,4 +24,13 @@ def order_completed(ledger: Ledger, event: OrderCompletedEvent) -> EventOutcome:
     """The order's path to its SQL: `earning.apply_events` (one transaction),
     `events_work`, `_orders_round` (decides it), `_Writes.write` (sends the statements
     of `loyalty/ledger/statements.py`)."""
+    return earning.outcome_of(earning.apply_events(ledger.engine, [event])[0])
+
+
+def activity(ledger: Ledger, event: ActivityEvent) -> EventOutcome:
+    return earning.outcome_of(earning.apply_events(ledger.engine, [event])[0])
+
+
+def order_refunded(ledger: Ledger, event: OrderRefundedEvent) -> EventOutcome:
+    """A refund takes back its order's points (`loyalty/ledger/reversing.py`)."""
     return earning.outcome_of(earning.apply_events(ledger.engine, [event])[0])

@@ -20,12 +20,14 @@ from typing import Any
 from schemas.events import (
     TASK_OF,
     TASKS,
+    ActivityEvent,
     AdjustPointsRequest,
     BulkEvents,
     Contract,
     CreateAccountRequest,
     EarnPointsRequest,
     OrderCompletedEvent,
+    OrderRefundedEvent,
     RedeemPointsRequest,
     RefundTransactionRequest,
     ReplayRequest,
@@ -68,6 +70,8 @@ class Task:
 TABLE: tuple[Task, ...] = (
     Task(SignupEvent, events.signup, batched=True),
     Task(OrderCompletedEvent, events.order_completed, batched=True),
+    Task(ActivityEvent, events.activity, batched=True),
+    Task(OrderRefundedEvent, events.order_refunded, batched=True),
     Task(BulkEvents, None, batched=True, replayable=False),
     Task(AdjustPointsRequest, accounts.adjust_points, answers=True,
          on_dead_letter=accounts.rejected),

@@ -13,6 +13,7 @@ ACCOUNT_COLUMNS: Columns = [
     ("balance", lambda a: a["points"]["balance"]),
     ("earned", lambda a: a["points"]["earned"]),
     ("adjusted", lambda a: a["points"]["adjusted"]),
+    ("reversed", lambda a: a["points"]["reversed"]),
     ("revision", lambda a: a["revision"]),
 ]
 
@@ -57,7 +58,7 @@ def transactions_group() -> None:
 @click.option("--account-id")
 @click.option("--contact-id")
 @click.option("--type", "type_", type=click.Choice(["EARN", "ADJUST", "REDEEM", "REFUND",
-                                                    "EXPIRE"]))
+                                                    "EXPIRE", "REVERSE"]))
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)

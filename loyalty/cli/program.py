@@ -43,7 +43,8 @@ def events_group() -> None:
 
 
 EVENT_OUTCOMES = ("earned", "duplicate_order", "duplicate_order_changed", "already_signed_up",
-                  "no_points", "no_rule")
+                  "no_points", "no_rule", "duplicate_activity", "reversed", "refund_recorded",
+                  "duplicate_refund")
 
 EVENT_COLUMNS: Columns = [
     ("processed_at", lambda e: e["processed_at"]),

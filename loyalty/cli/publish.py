@@ -54,6 +54,38 @@ def publish_order(ctx: Context, as_json: bool, **fields: Any) -> None:
     emit(sent, as_json, lambda s: f"published {s['task']} event_id={s['payload']['event_id']}")
 
 
+@publish_group.command("activity")
+@click.option("--contact-id", required=True)
+@click.option("--activity", required=True, help="What the customer did, e.g. review.")
+@click.option("--reference-id", help="Earns once per account, activity and reference.")
+@click.option("--event-id", help="Defaults to a new UUID.")
+@click.option("--occurred-at", help="RFC 3339 timestamp; defaults to now.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def publish_activity(ctx: Context, as_json: bool, **fields: Any) -> None:
+    """Publish loyalty.events.activity."""
+    with ctx.publisher() as publisher:
+        sent = publisher.activity(**fields)
+    emit(sent, as_json, lambda s: f"published {s['task']} event_id={s['payload']['event_id']}")
+
+
+@publish_group.command("refund")
+@click.option("--contact-id", required=True)
+@click.option("--order-id", required=True)
+@click.option("--refund-id", required=True, help="Applies once per order.")
+@click.option("--amount", required=True, help='Money refunded by this refund, e.g. "10.00".')
+@click.option("--currency", required=True, help="ISO 4217 code, the order's.")
+@click.option("--event-id", help="Defaults to a new UUID.")
+@click.option("--occurred-at", help="RFC 3339 timestamp; defaults to now.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def publish_refund(ctx: Context, as_json: bool, **fields: Any) -> None:
+    """Publish loyalty.events.order_refunded."""
+    with ctx.publisher() as publisher:
+        sent = publisher.order_refunded(**fields)
+    emit(sent, as_json, lambda s: f"published {s['task']} event_id={s['payload']['event_id']}")
+
+
 @click.command("adjust")
 @click.option("--account-id")
 @click.option("--contact-id")

@@ -17,6 +17,7 @@ RULE_COLUMNS: Columns = [
     ("points", lambda r: r["points"]),
     ("per", lambda r: r["money_amount"] or "-"),
     ("currency", lambda r: r["currency"] or "any"),
+    ("activity", lambda r: r.get("activity") or "-"),
     ("status", lambda r: r["status"]),
     ("revision", lambda r: r["revision"]),
 ]
@@ -47,7 +48,9 @@ def rules_list(ctx: Context, as_json: bool) -> None:
 
 @rules_group.command("create")
 @click.option("--name", required=True)
-@click.option("--trigger", type=click.Choice(["signup", "order.completed"]), required=True)
+@click.option("--trigger", type=click.Choice(["signup", "order.completed", "activity"]),
+              required=True)
+@click.option("--activity", help="The activity an activity rule earns for (--trigger activity).")
 @click.option("--kind", type=click.Choice(["fixed", "conversion"]), required=True)
 @click.option("--points", type=int, required=True, help="N for fixed; P in P points per M.")
 @click.option("--per", "money_amount", help="M money units, for a conversion rule.")
@@ -57,11 +60,13 @@ def rules_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def rules_create(ctx: Context, name: str, trigger: str, kind: str, points: int,
                  money_amount: str | None, currency: str | None, paused: bool,
-                 as_json: bool) -> None:
+                 as_json: bool, activity: str | None) -> None:
     """Create an earn rule."""
+    if (trigger == "activity") != (activity is not None):
+        raise click.UsageError("--activity goes with --trigger activity, and it needs one")
     rule = ctx.ledger().create_rule(
         name=name, trigger=trigger, kind=kind, points=points, money_amount=_money(money_amount),
-        currency=currency, status="PAUSED" if paused else "ACTIVE")
+        currency=currency, status="PAUSED" if paused else "ACTIVE", activity=activity)
     emit(rule, as_json)
 
 

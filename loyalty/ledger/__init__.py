@@ -17,6 +17,7 @@ A room per concept:
   refunds (REFUND entries); `staff_entries`: the account-then-entry write they share;
 - `accounts`: account locks, reads and pages of accounts, entries and events;
 - `earn_rules`: the rules earning follows, and their changes;
+- `reversing`: order refunds turned into REVERSE entries, set-based like earning;
 - `dead_letters`: messages kept unapplied, and their replay;
 - `crashes`: how often a message took its worker process down;
 - `verify`: every invariant checked again across the database;

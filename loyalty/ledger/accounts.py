@@ -14,9 +14,9 @@ from loyalty import views
 from loyalty.errors import AccountNotFound, InvalidPayload
 from loyalty.ledger.boundary import read
 from loyalty.ledger.statements import ACCOUNT
-from loyalty.tables import accounts, contacts, ledger_entries, processed_events
+from loyalty.tables import accounts, contacts, ledger_entries, order_refunds, processed_events
 
-POINTS = ("balance", "earned", "adjusted", "redeemed", "expired")
+POINTS = ("balance", "earned", "adjusted", "redeemed", "expired", "reversed")
 
 
 def lock_account(conn: Connection, *, account_id: UUID | None = None,
@@ -71,8 +71,11 @@ def list_transactions(engine: Engine, *, account_id: str | None = None,
                       contact_id: str | None = None, type_: str | None = None, limit: int = 50,
                       cursor: str | None = None) -> dict[str, Any]:
     account = get_account(engine, account_id=account_id, contact_id=contact_id)
+    # A REVERSE's source carries its refund's due, taken and shortfall.
     query = (
-        select(ledger_entries)
+        select(ledger_entries, order_refunds.c.due, order_refunds.c.taken,
+               order_refunds.c.shortfall)
+        .outerjoin(order_refunds, order_refunds.c.reverse_entry_id == ledger_entries.c.id)
         .where(ledger_entries.c.account_id == UUID(account["id"]))
         .order_by(ledger_entries.c.seq.desc())
     )

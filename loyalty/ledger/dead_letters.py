@@ -32,7 +32,14 @@ from loyalty.ledger.boundary import guarded, read, run
 from loyalty.ledger.earning import events_work
 from loyalty.ledger.entries import EventOutcome
 from loyalty.tables import dead_letters
-from schemas.events import AdjustPointsRequest, Contract, OrderCompletedEvent, SignupEvent
+from schemas.events import (
+    ActivityEvent,
+    AdjustPointsRequest,
+    Contract,
+    OrderCompletedEvent,
+    OrderRefundedEvent,
+    SignupEvent,
+)
 
 Decode = Callable[[Mapping[Any, Any]], Contract]
 
@@ -170,7 +177,8 @@ def replay_dead_letters(engine: Engine, letter_ids: Sequence[int], decode: Decod
                 raise DeadLetterNotFound(f"no dead letter with id {letter_id}")
         reports: dict[int, dict[str, Any]] = {}
         outcomes: dict[int, Any] = {}
-        batch: list[tuple[int, SignupEvent | OrderCompletedEvent]] = []
+        batch: list[tuple[int, SignupEvent | OrderCompletedEvent | ActivityEvent
+                          | OrderRefundedEvent]] = []
         for letter_id in ids:
             letter = rows[letter_id]
             reports[letter_id] = {"id": letter_id, "task_name": letter["task_name"]}
@@ -188,7 +196,8 @@ def replay_dead_letters(engine: Engine, letter_ids: Sequence[int], decode: Decod
             except LoyaltyError as exc:
                 outcomes[letter_id] = exc
                 continue
-            if isinstance(message, SignupEvent | OrderCompletedEvent):
+            if isinstance(message, SignupEvent | OrderCompletedEvent | ActivityEvent
+                          | OrderRefundedEvent):
                 batch.append((letter_id, message))
             elif isinstance(message, AdjustPointsRequest):
                 outcomes[letter_id] = guarded(conn, adjust_work(message))

@@ -40,12 +40,13 @@ def list_rules(engine: Engine) -> dict[str, Any]:
 
 def create_rule(engine: Engine, *, name: str, trigger: str, kind: str, points: int,
                 money_amount: Decimal | None, currency: str | None,
-                status: str = "ACTIVE") -> dict[str, Any]:
+                status: str = "ACTIVE", activity: str | None = None) -> dict[str, Any]:
     validate_rule(trigger=trigger, kind=kind, points=points, money_amount=money_amount,
-                  currency=currency, status=status)
+                  currency=currency, status=status, activity=activity)
     _check_name(name)
     values = {"name": name, "trigger": trigger, "kind": kind, "points": points,
-              "money_amount": money_amount, "currency": currency, "status": status}
+              "money_amount": money_amount, "currency": currency, "status": status,
+              "activity": activity}
     return _write_rule(
         engine,
         lambda conn: conn.execute(earn_rules.insert().values(**values).returning(earn_rules))
@@ -77,7 +78,7 @@ def update_rule(engine: Engine, rule_id: int, *, expected_revision: int | None =
             merged["money_amount"] = None
         validate_rule(trigger=merged["trigger"], kind=merged["kind"], points=merged["points"],
                       money_amount=merged["money_amount"], currency=merged["currency"],
-                      status=merged["status"])
+                      status=merged["status"], activity=merged["activity"])
         _check_name(merged["name"])
         if all(merged[f] == current[f] for f in given):
             return current  # nothing changes, so the revision does not move either
@@ -98,16 +99,16 @@ def _write_rule(engine: Engine, work: Callable[[Connection], Mapping[Any, Any]]
         row = run(engine, work)
     except LedgerIntegrityError as exc:
         if exc.constraint == ONE_ACTIVE:
-            raise RuleError("another ACTIVE rule already exists for this trigger and currency:"
-                            " pause it first") from None
+            raise RuleError("another ACTIVE rule already exists for this trigger and currency"
+                            " (or activity): pause it first") from None
         raise RuleError(str(exc)) from None
     return views.rule_json(row)
 
 
 def _rule(row: Mapping[Any, Any]) -> EarnRule:
     return EarnRule(**{k: row[k] for k in (
-        "id", "name", "trigger", "kind", "points", "money_amount", "currency", "status", "revision"
-    )})
+        "id", "name", "trigger", "kind", "points", "money_amount", "currency", "status", "revision",
+        "activity")})
 
 
 def _check_name(name: str) -> None:

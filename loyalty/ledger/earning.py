@@ -4,9 +4,11 @@ A single event is a batch of one. `apply_events` applies a batch
 with the effect of applying its events in order: signups one by one, each in a
 savepoint (which contact gets a contested member_id depends on the order), then
 orders in rounds, their accounts locked in id order (so concurrent batches never
-deadlock each other). Whatever earns, `_Writes` writes: one UPDATE for the
-accounts, then one multi-row INSERT for the entries and one for the processed
-events, so every entry carries its account revision and what it was computed from.
+deadlock each other), then activities in stream order, then refunds
+(`loyalty.ledger.reversing`), which may take back what the orders just earned.
+Whatever earns, `_Writes` writes: one UPDATE for the accounts, then one multi-row
+INSERT for the entries and one for the processed events, so every entry carries its
+account revision and what it was computed from.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from loyalty.ledger.entries import (
     order_change,
     seen_outcome,
 )
+from loyalty.ledger.reversing import refunds_work
 from loyalty.rules import EarnRule, select_rule
 from loyalty.tables import accounts, contacts, ledger_entries
-from schemas.events import OrderCompletedEvent, SignupEvent
+from schemas.events import ActivityEvent, OrderCompletedEvent, OrderRefundedEvent, SignupEvent
 
-Event = SignupEvent | OrderCompletedEvent
+Event = SignupEvent | OrderCompletedEvent | ActivityEvent | OrderRefundedEvent
 Result = EventOutcome | LoyaltyError
 
 
@@ -82,6 +85,12 @@ def events_work(conn: Connection, events: Sequence[Event]) -> list[Result]:
     for i, event in enumerate(events):
         if isinstance(event, SignupEvent):
             results[i] = guarded(conn, signup_work(event))
+    kinds = {type(e) for e in events} - {SignupEvent}
+    if len(kinds) > 1:
+        # Orders, activities and refunds lock their accounts phase by phase; lock them all
+        # at once first, in id order, so that two such batches cannot deadlock across phases.
+        conn.exec_driver_sql(sql.LOCK_ACCOUNTS_BY_CONTACT, {"contacts": sorted(
+            {e.contact_id for e in events if not isinstance(e, SignupEvent)})}).all()
     pending = [(i, e) for i, e in enumerate(events) if isinstance(e, OrderCompletedEvent)]
     by_index = dict(pending)
     while pending:
@@ -107,6 +116,11 @@ def events_work(conn: Connection, events: Sequence[Event]) -> list[Result]:
                 results[i] = done
             else:
                 pending.append((i, event))
+    activities = [(i, e) for i, e in enumerate(events) if isinstance(e, ActivityEvent)]
+    if activities:
+        _activities(conn, activities, results)
+    refunds_work(conn, [(i, e) for i, e in enumerate(events) if isinstance(e, OrderRefundedEvent)],
+                 results)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -247,6 +261,78 @@ def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]
     writes.write(conn)
 
 
+def _activities(conn: Connection, activities: list[tuple[int, ActivityEvent]],
+                results: list[Result | None]) -> None:
+    """Activities in stream order: locks, reads, then one statement per table.
+
+    With a reference, an activity earns once per account, activity and reference; a
+    repeat is recorded as `duplicate_activity`.
+    """
+    events = [(i, e, *e.fingerprint_and_json()) for i, e in activities]
+    locked = {row["contact_id"]: row for row in conn.exec_driver_sql(
+        sql.LOCK_ACCOUNTS_BY_CONTACT,
+        {"contacts": sorted({e.contact_id for _, e, _, _ in events})}).mappings()}
+    seen = _seen(conn, sorted({e.event_id for _, e, _, _ in events}))
+    triples = sorted({(locked[e.contact_id]["id"], e.activity, e.reference_id)
+                      for _, e, _, _ in events
+                      if e.contact_id in locked and e.reference_id is not None})
+    earned: set[tuple[UUID, str, str]] = set()
+    if triples:
+        earned = {(a, act, ref) for a, act, ref in conn.exec_driver_sql(sql.EARNED_REFERENCES, {
+            "accounts": [t[0] for t in triples], "activities": [t[1] for t in triples],
+            "refs": [t[2] for t in triples]})}
+    rules = {r.activity: r for r in active_rules(conn, "activity")}
+    running = {row["id"]: row["balance"] for row in locked.values()}
+    revisions = {row["id"]: row["revision"] for row in locked.values()}
+    writes = _Writes()
+    first: dict[str, tuple[int, str]] = {}
+    for i, event, fingerprint, payload in events:
+        earlier = first.get(event.event_id)
+        done = results[earlier[0]] if earlier is not None else None
+        if earlier is not None and earlier[1] == fingerprint:
+            results[i] = replace(done, duplicate=True) if isinstance(done, EventOutcome) else done
+            continue
+        if isinstance(done, EventOutcome):
+            results[i] = IdempotencyConflict(
+                f"event_id {event.event_id!r} was already applied with a different payload")
+            continue
+        first[event.event_id] = (i, fingerprint)
+        if event.event_id in seen:
+            try:
+                results[i] = seen_outcome(seen[event.event_id], event.event_id, fingerprint)
+            except IdempotencyConflict as exc:
+                results[i] = exc
+            continue
+        account = locked.get(event.contact_id)
+        if account is None:
+            results[i] = AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
+            continue
+        account_id = account["id"]
+        key = (account_id, event.activity, event.reference_id)
+        outcome, points, entry = "duplicate_activity", 0, None
+        if event.reference_id is None or key not in earned:
+            rule = rules.get(event.activity)
+            if rule is None:
+                results[i] = NoActiveRule(f"no active activity rule for {event.activity!r}")
+                continue
+            points = rule.points_for()
+            refused = above_ceiling(points, running[account_id])
+            if refused:
+                results[i] = refused
+                continue
+            outcome = "earned"
+            running[account_id] += points
+            revisions[account_id] += 1
+            if event.reference_id is not None:
+                earned.add(key)  # type: ignore[arg-type]
+            entry = writes.earn(account_id, running[account_id], revisions[account_id], rule,
+                                points, event.event_id, "activity", None, rule.name,
+                                activity=event.activity, reference_id=event.reference_id)
+        results[i] = writes.record(event.event_id, "activity", fingerprint, event.contact_id,
+                                   account_id, None, outcome, points, entry, payload, None)
+    writes.write(conn)
+
+
 def _seen(conn: Connection, event_ids: list[str]) -> dict[str, Mapping[Any, Any]]:
     """What earlier deliveries of these events did, by event_id."""
     return {row["event_id"]: row for row in conn.exec_driver_sql(
@@ -264,13 +350,14 @@ class _Writes:
 
     def earn(self, account_id: UUID, balance_after: int, revision_after: int, rule: EarnRule,
              points: int, event_id: str, event_type: str, order: OrderCompletedEvent | None,
-             description: str) -> UUID:
+             description: str, **source: str | None) -> UUID:
         """One EARN entry; `balance_after` and `revision_after` continue the account's chain."""
         entry = entry_id()
         self.credits[account_id] = self.credits.get(account_id, 0) + points
         self.changes[account_id] = self.changes.get(account_id, 0) + 1
         self.entries.append(earn_entry(entry, account_id, balance_after, revision_after, rule,
-                                       points, event_id, event_type, order, description))
+                                       points, event_id, event_type, order, description,
+                                       **source))
         return entry
 
     def record(self, event_id: str, event_type: str, fingerprint: str, contact_id: str,

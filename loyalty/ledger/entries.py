@@ -107,8 +107,10 @@ def entry_id() -> UUID:
 
 def earn_entry(entry: UUID, account_id: UUID, balance_after: int, revision_after: int,
                rule: EarnRule, points: int, event_id: str, event_type: str,
-               order: OrderCompletedEvent | None, description: str) -> dict[str, Any]:
-    """The EARN row: it names the rule revision and, for an order, what it was computed from."""
+               order: OrderCompletedEvent | None, description: str, *,
+               activity: str | None = None, reference_id: str | None = None) -> dict[str, Any]:
+    """The EARN row: it names the rule revision and, for an order, what it was computed from
+    (for an activity, the activity and its reference)."""
     return {
         "id": entry,
         "account_id": account_id,
@@ -125,4 +127,8 @@ def earn_entry(entry: UUID, account_id: UUID, balance_after: int, revision_after
         "rule_revision": rule.revision,
         "order_total": order.total if order else None,
         "currency": order.currency if order else None,
+        "activity": activity,
+        "reference_id": reference_id,
+        "refund_id": None,
+        "reverses_entry_id": None,
     }

@@ -31,10 +31,12 @@ from loyalty.ledger import (
 from loyalty.ledger.dead_letters import Decode
 from loyalty.ledger.entries import EventOutcome
 from schemas.events import (
+    ActivityEvent,
     AdjustPointsRequest,
     CreateAccountRequest,
     EarnPointsRequest,
     OrderCompletedEvent,
+    OrderRefundedEvent,
     RedeemPointsRequest,
     RefundTransactionRequest,
     SignupEvent,
@@ -53,8 +55,13 @@ class Ledger:
     def apply_order(self, event: OrderCompletedEvent) -> EventOutcome:
         return earning.apply_one(self.engine, event)
 
-    def apply_events(self, events: Sequence[SignupEvent | OrderCompletedEvent]
-                     ) -> list[EventOutcome | LoyaltyError]:
+    def apply_activity(self, event: ActivityEvent) -> EventOutcome:
+        return earning.apply_one(self.engine, event)
+
+    def apply_refund(self, event: OrderRefundedEvent) -> EventOutcome:
+        return earning.apply_one(self.engine, event)
+
+    def apply_events(self, events: Sequence[earning.Event]) -> list[EventOutcome | LoyaltyError]:
         return earning.apply_events(self.engine, events)
 
     # -- adjusting -------------------------------------------------------------------
@@ -134,10 +141,10 @@ class Ledger:
 
     def create_rule(self, *, name: str, trigger: str, kind: str, points: int,
                     money_amount: Decimal | None, currency: str | None,
-                    status: str = "ACTIVE") -> dict[str, Any]:
+                    status: str = "ACTIVE", activity: str | None = None) -> dict[str, Any]:
         return earn_rules.create_rule(self.engine, name=name, trigger=trigger, kind=kind,
                                       points=points, money_amount=money_amount,
-                                      currency=currency, status=status)
+                                      currency=currency, status=status, activity=activity)
 
     def update_rule(self, rule_id: int, *, expected_revision: int | None = None,
                     name: str | None = None, kind: str | None = None, points: int | None = None,

@@ -71,8 +71,8 @@ def _totals_check(table: str, key: str) -> str:
 CHECKS = {
     "balance_not_negative": "SELECT id AS account_id, balance FROM accounts WHERE balance < 0",
     "balance_adds_up": """
-        SELECT id AS account_id, balance, earned, adjusted, redeemed, expired FROM accounts
-        WHERE balance <> earned + adjusted - redeemed - expired""",
+        SELECT id AS account_id, balance, earned, adjusted, redeemed, expired, reversed
+        FROM accounts WHERE balance <> earned + adjusted - redeemed - expired - reversed""",
     "balance_equals_ledger": """
         SELECT a.id AS account_id, a.balance, COALESCE(s.total, 0) AS ledger_sum
         FROM accounts a LEFT JOIN (
@@ -179,3 +179,63 @@ CHECKS = {
         SELECT a.id AS account_id, a.contact_id FROM accounts a
         LEFT JOIN contacts c ON c.contact_id = a.contact_id WHERE c.contact_id IS NULL""",
 }
+
+
+#: Issue 10, events side: refunds (REVERSE entries, order_refunds) and activities.
+LIFECYCLE_EVENT_CHECKS = {
+    "reversed_equals_ledger": """
+        SELECT a.id AS account_id, a.reversed, COALESCE(s.reversed, 0) AS ledger_reversed
+        FROM accounts a LEFT JOIN (
+            SELECT account_id, -sum(amount) AS reversed FROM ledger_entries
+            WHERE type = 'REVERSE' GROUP BY account_id
+        ) s ON s.account_id = a.id
+        WHERE a.reversed <> COALESCE(s.reversed, 0)""",
+    "reverse_references_order_earn": """
+        SELECT r.account_id, r.id AS entry_id, r.order_id, r.reverses_entry_id
+        FROM ledger_entries r LEFT JOIN ledger_entries e ON e.id = r.reverses_entry_id
+        WHERE r.type = 'REVERSE' AND (e.id IS NULL OR e.type <> 'EARN'
+              OR e.account_id <> r.account_id OR e.order_id IS DISTINCT FROM r.order_id)""",
+    "reversals_within_earned": """
+        SELECT r.account_id, r.order_id, -sum(r.amount) AS taken, max(e.amount) AS earned
+        FROM ledger_entries r JOIN ledger_entries e ON e.id = r.reverses_entry_id
+        WHERE r.type = 'REVERSE' GROUP BY r.account_id, r.order_id
+        HAVING -sum(r.amount) > max(e.amount)""",
+    # Each refund row agrees with its REVERSE entry and its order's EARN, and the taken
+    # points of an order's refunds never exceed floor(E * R / T) for their refunded money.
+    "refund_matches_entry": """
+        SELECT f.account_id, f.order_id, f.refund_id, f.taken, r.amount FROM order_refunds f
+        LEFT JOIN ledger_entries r ON r.id = f.reverse_entry_id
+        WHERE (f.reverse_entry_id IS NOT NULL AND (r.amount <> -f.taken
+               OR r.account_id <> f.account_id OR r.order_id <> f.order_id
+               OR r.refund_id <> f.refund_id OR r.event_id <> f.event_id
+               OR r.reverses_entry_id IS DISTINCT FROM f.earn_entry_id))
+           OR f.due <> f.taken + f.shortfall""",
+    "reverse_has_refund": """
+        SELECT r.account_id, r.id AS entry_id, r.refund_id FROM ledger_entries r
+        LEFT JOIN order_refunds f ON f.reverse_entry_id = r.id
+        WHERE r.type = 'REVERSE' AND f.reverse_entry_id IS NULL""",
+    "refunds_follow_arithmetic": """
+        SELECT f.account_id, f.order_id, sum(f.taken) AS taken, e.amount AS earned,
+               e.order_total, sum(f.amount) AS refunded
+        FROM order_refunds f JOIN ledger_entries e ON e.id = f.earn_entry_id
+        GROUP BY f.account_id, f.order_id, e.amount, e.order_total
+        HAVING sum(f.taken) > CASE WHEN e.order_total IS NULL OR e.order_total <= sum(f.amount)
+            THEN e.amount ELSE LEAST(e.amount, div(e.amount * sum(f.amount), e.order_total)) END""",
+    "refund_event_recorded": """
+        SELECT p.event_id, p.outcome, p.points, f.taken FROM processed_events p
+        LEFT JOIN order_refunds f ON f.event_id = p.event_id
+        WHERE p.event_type = 'order.refunded' AND p.outcome IN ('reversed', 'refund_recorded')
+          AND (f.event_id IS NULL OR f.taken <> p.points
+               OR f.reverse_entry_id IS DISTINCT FROM p.ledger_entry_id)""",
+    "activity_earns_once_per_reference": """
+        SELECT account_id, activity, reference_id, count(*) AS earns FROM ledger_entries
+        WHERE type = 'EARN' AND reference_id IS NOT NULL
+        GROUP BY account_id, activity, reference_id HAVING count(*) > 1""",
+    "activity_follows_rule": """
+        SELECT e.account_id, e.id AS entry_id, e.activity, r.activity AS rule_activity
+        FROM ledger_entries e
+        JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
+        WHERE e.type = 'EARN' AND e.event_type = 'activity'
+          AND e.activity IS DISTINCT FROM r.activity""",
+}
+CHECKS.update(LIFECYCLE_EVENT_CHECKS)

@@ -122,8 +122,8 @@ def test_dead_letters_say_what_is_wrong(deploy) -> None:  # type: ignore[no-unty
     assert "KeyError" not in letters[sent["nowhere"]]["error_detail"]
     refund = letters[sent["refund"]]
     assert refund["reason"] == "invalid_payload"
-    assert refund["error_detail"] == ("type: unknown event type 'refund'; known: order.completed,"
-                                      " signup"), refund
+    assert refund["error_detail"] == ("type: unknown event type 'refund'; known: activity,"
+                                      " order.completed, order.refunded, signup"), refund
     assert letters[sent["future"]]["reason"] == "invalid_payload"
     assert "in the future" in letters[sent["future"]]["error_detail"]
     assert letters[sent["email"]]["error_detail"].startswith("email: must be an email address")

@@ -176,8 +176,11 @@ def test_the_readme_try_it_runs_as_written(deploy) -> None:  # type: ignore[no-u
     assert done.returncode == 0, done.stderr
     assert re.search(r"applied: transaction \S+, code [2-9A-Z]{4}(-[2-9A-Z]{4}){3};", done.stdout)
     account = env.cli_json("accounts", "get", "--contact-id", "alice")
-    assert account["points"] == {"balance": 174, "earned": 149, "adjusted": 25, "redeemed": 0,
-                                 "expired": 0}
+    # The order refund is the last event: the script's `sleep 1` may not have been enough.
+    account = wait_for(lambda: (a := env.cli_json("accounts", "get", "--contact-id", "alice"))
+                       ["points"]["reversed"] == 9 and a, 30, "the order refund")
+    assert account["points"] == {"balance": 165, "earned": 149, "adjusted": 25, "redeemed": 0,
+                                 "expired": 0, "reversed": 9}
     types = [e["type"] for e in env.cli_json("transactions", "list", "--contact-id",
                                              "alice")["items"]]
-    assert types == ["REFUND", "REDEEM", "ADJUST", "EARN", "EARN"]
+    assert types == ["REVERSE", "REFUND", "REDEEM", "ADJUST", "EARN", "EARN"]

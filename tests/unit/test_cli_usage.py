@@ -32,6 +32,10 @@ from loyalty.cli import main
     (["rewards", "create", "--name", "x", "--kind", "discount_amount", "--value", "abc",
       "--currency", "USD", "--cost-in-points", "1"], "not a decimal"),
     (["transactions", "list", "--contact-id", "x", "--type", "REVERSAL"], "--type"),
+    (["rules", "create", "--name", "n", "--trigger", "activity", "--kind", "fixed",
+      "--points", "1"], "--activity"),
+    (["publish", "refund", "--contact-id", "c", "--order-id", "o", "--refund-id", "r",
+      "--currency", "USD"], "--amount"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     with CliRunner().isolation() as (_out, err, *_):

@@ -8,9 +8,11 @@ from loyalty import policy
 from loyalty.errors import (
     AccountNotFound,
     BalanceAboveMaximum,
+    CurrencyMismatch,
     IdempotencyConflict,
     InvalidPayload,
     NoActiveRule,
+    OrderNotFound,
     TransientError,
 )
 from loyalty.policy import Action
@@ -27,6 +29,9 @@ LIMITS = policy.Limits(max_retries=3, not_found_retries=2, retry_backoff_max=60,
     (AccountNotFound("x"), 0, False, Action.RETRY, "account_not_found"),
     (AccountNotFound("x"), 1, False, Action.RETRY, "account_not_found"),
     (AccountNotFound("x"), 2, False, Action.DEAD_LETTER, "account_not_found"),
+    (OrderNotFound("x"), 0, False, Action.RETRY, "order_not_found"),
+    (OrderNotFound("x"), 2, False, Action.DEAD_LETTER, "order_not_found"),
+    (CurrencyMismatch("x"), 0, False, Action.DEAD_LETTER, "currency_mismatch"),
     (TransientError("x"), 0, False, Action.RETRY, "transient"),
     (TransientError("x"), 2, False, Action.RETRY, "transient"),
     (TransientError("x"), 3, False, Action.DEAD_LETTER, "retries_exhausted"),

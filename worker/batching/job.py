@@ -18,13 +18,12 @@ from celery import Celery
 from loyalty import policy
 from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import EventOutcome
+from loyalty.ledger.earning import Event as LedgerEvent
 from schemas.events import (
     BULK_TYPES,
     TASKS,
     BulkEvents,
-    OrderCompletedEvent,
     PayloadError,
-    SignupEvent,
     parse_task_args,
     unknown_bulk_type,
 )
@@ -46,7 +45,7 @@ class Event:
     payload: Any
     retries: int
     delivery_info: dict[str, Any]
-    parsed: SignupEvent | OrderCompletedEvent | None = None
+    parsed: LedgerEvent | None = None
     #: Why the event cannot even be parsed (a bulk item of an unknown type).
     error: str | None = None
 
