@@ -419,6 +419,7 @@ ledger_totals = Table(
     Column("adjusted", BigInteger, nullable=False, server_default="0"),
     Column("redeemed", BigInteger, nullable=False, server_default="0"),
     Column("expired", BigInteger, nullable=False, server_default="0"),
+    Column("reversed", BigInteger, nullable=False, server_default="0"),
 )
 
 #: Messages that could not be applied. Kept forever; replay and discard only change status.

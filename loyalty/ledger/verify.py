@@ -47,12 +47,14 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-#: How each entry type counts towards an account's totals, as migration 0008 has it.
+#: How each entry type counts towards an account's totals, as migrations 0008 and 0009
+#: have it.
 TOTALS = {
     "earned": "sum(amount) FILTER (WHERE type = 'EARN')",
     "adjusted": "sum(amount) FILTER (WHERE type = 'ADJUST')",
     "redeemed": "-sum(amount) FILTER (WHERE type IN ('REDEEM', 'REFUND'))",
     "expired": "-sum(amount) FILTER (WHERE type = 'EXPIRE')",
+    "reversed": "-sum(amount) FILTER (WHERE type = 'REVERSE')",
 }
 
 

@@ -78,7 +78,7 @@ def test_the_lifecycle_through_the_cli(broker_env: Env, running_worker: Worker) 
 
     account = broker_env.cli_json("accounts", "get", "--contact-id", contact)
     assert account["points"] == {"balance": 115, "earned": 120, "adjusted": 0, "redeemed": 5,
-                                 "expired": 0}
+                                 "expired": 0, "reversed": 0}
     refunds = broker_env.cli_json("transactions", "list", "--contact-id", contact, "--type",
                                   "REFUND")["items"]
     assert [(e["amount"], e["source"]["refunds_transaction_id"]) for e in refunds] == [

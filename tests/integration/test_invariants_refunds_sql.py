@@ -74,13 +74,14 @@ def test_accounts_reversed_is_the_sum_of_its_reverse_entries(conn: psycopg.Conne
     # The balance adds up (earned moved instead), but `reversed` does not match the entry.
     assert reverse(conn, ids["c1"], ids["c1_order"], 5, reversed_by=4) \
         == "accounts_reversed_matches_ledger"
-    # `reversed` raised with no REVERSE entry at all, the identity kept by `earned`.
+    # `reversed` raised with no REVERSE entry at all, the identity kept by `earned`: the
+    # per-type totals the database keeps (0008, with `reversed` since 0009) refuse it.
     assert refused(conn, (
         "WITH a AS (UPDATE accounts SET reversed = reversed + 5, earned = earned + 5,"
         " revision = revision + 1 WHERE id = %s RETURNING id)"
         " INSERT INTO ledger_entries (account_id, type, amount, balance_after, idempotency_key,"
         " actor, balance_before, account_revision) SELECT id, 'ADJUST', 0, 110, 'x', 'm', 110, 4"
-        " FROM a"), (ids["c1"],)) == "accounts_reversed_matches_ledger"
+        " FROM a"), (ids["c1"],)) == "accounts_totals_match_ledger"
 
 
 def test_the_identity_counts_reversed(conn: psycopg.Connection, ids: dict[str, str]) -> None:

@@ -78,7 +78,7 @@ def test_the_lifecycle_worked_example(ledger: Ledger, reward: dict[str, Any]) ->
     assert CODE.match(redemption["code"]), redemption["code"]
     assert redemption["transaction_id"] == spent["transaction_id"]
     assert spent["account"]["points"] == {"balance": 120, "earned": 200, "adjusted": 0,
-                                          "redeemed": 80, "expired": 0}
+                                          "redeemed": 80, "expired": 0, "reversed": 0}
     by_amount = ledger.redeem_points(redeem("alice", "r-2", amount=20))
     assert (by_amount["redemption"]["reward_id"], by_amount["redemption"]["points"]) == (None, 20)
 
@@ -88,7 +88,7 @@ def test_the_lifecycle_worked_example(ledger: Ledger, reward: dict[str, Any]) ->
     assert back["redemption"]["status"] == "REFUNDED"
     assert back["redemption"]["refund_transaction_id"] == back["transaction_id"]
     assert back["account"]["points"] == {"balance": 180, "earned": 200, "adjusted": 0,
-                                         "redeemed": 20, "expired": 0}
+                                         "redeemed": 20, "expired": 0, "reversed": 0}
 
     entries = ledger.list_transactions(contact_id="alice")["items"]
     assert [(e["type"], e["amount"], e["balance_after"]) for e in entries] == [
@@ -210,7 +210,7 @@ def test_repeated_request_ids_return_the_first_result(ledger: Ledger,
         ledger.adjust_points(adjust("alice", "e-1", amount=5))
     account = ledger.get_account(contact_id="alice")
     assert account["points"] == {"balance": 300, "earned": 300, "adjusted": 0, "redeemed": 0,
-                                 "expired": 0}
+                                 "expired": 0, "reversed": 0}
     assert account["revision"] == 4
     assert ledger.verify()["ok"]
 

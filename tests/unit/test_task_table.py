@@ -19,10 +19,10 @@ def test_every_task_of_the_contract_has_one_entry_with_a_named_handler() -> None
 
 
 def test_what_derives_from_the_table() -> None:
-    assert {"loyalty.events.signup", "loyalty.events.order_completed",
-                       "loyalty.events.bulk"} == BATCHED
-    assert {"loyalty.events.signup", "loyalty.events.order_completed",
-                          "loyalty.accounts.adjust_points"} == REPLAYABLE
+    events = {"loyalty.events.signup", "loyalty.events.order_completed",
+              "loyalty.events.activity", "loyalty.events.order_refunded"}
+    assert events | {"loyalty.events.bulk"} == BATCHED
+    assert events | {"loyalty.accounts.adjust_points"} == REPLAYABLE
     assert QUEUES == (EVENTS_QUEUE, ADMIN_QUEUE)
     assert routes() == {"loyalty.events.*": {"queue": "loyalty.events"},
                         "loyalty.accounts.*": {"queue": "loyalty.admin"},

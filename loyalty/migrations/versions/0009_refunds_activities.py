@@ -20,6 +20,10 @@ Revision ID: 0009
 Revises: 0007 (to be re-pointed at 0008 when both land; nothing here depends on 0008)
 """
 
+import importlib.util
+from pathlib import Path
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -156,6 +160,20 @@ RULE_REVISION_BEFORE = f"""
 """
 
 
+def _redemptions() -> Any:
+    """Migration 0008, whose per-type totals this one extends with `reversed`."""
+    path = Path(__file__).with_name("0008_redemptions.py")
+    spec = importlib.util.spec_from_file_location("loyalty_migration_0008", path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+#: REVERSE entries count towards `reversed`, kept and checked with the other totals.
+REVERSED_TOTAL = {"reversed": "-sum(amount) FILTER (WHERE type = 'REVERSE')"}
+
+
 def _replace_check(table: str, name: str, condition: str) -> None:
     op.execute(f"ALTER TABLE {table} DROP CONSTRAINT ck_{table}_{name}")
     op.execute(f"ALTER TABLE {table} ADD CONSTRAINT ck_{table}_{name} CHECK ({condition})")
@@ -169,6 +187,12 @@ def upgrade() -> None:
                " CHECK (reversed >= 0)")
     _replace_check("accounts", "balance_adds_up",
                    "balance = earned + adjusted - redeemed - expired - reversed")
+    # Kept per statement with the other per-type totals (0008): no REVERSE exists yet.
+    op.add_column("ledger_totals", sa.Column("reversed", sa.BigInteger(), nullable=False,
+                                             server_default="0"))
+    earlier = _redemptions()
+    for statement in earlier.totals_functions({**earlier.TOTALS, **REVERSED_TOTAL}):
+        op.execute(statement)
 
     # -- earn rules: the activity trigger ----------------------------------------------------
     op.add_column("earn_rules", sa.Column("activity", sa.Text(), nullable=True))
@@ -289,6 +313,10 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER ledger_entries_reversals_checked ON ledger_entries")
     op.execute("DROP FUNCTION public.loyalty_reversed_matches_ledger()")
     op.execute("DROP FUNCTION public.loyalty_reversal_checks()")
+    earlier = _redemptions()
+    for statement in earlier.totals_functions(earlier.TOTALS):
+        op.execute(statement)
+    op.drop_column("ledger_totals", "reversed")
     op.execute(RULE_REVISION_BEFORE)
     op.drop_table("order_refunds")
     op.execute("DELETE FROM processed_events WHERE event_type IN ('activity', 'order.refunded')"
