@@ -31,7 +31,7 @@ APP_WRITES: dict[str, str] = {
     # deliveries are fanned out, retried and pruned by the relay.
     "outbox_events": "UPDATE (delivered_at), DELETE",
     "webhook_subscriptions": "INSERT, UPDATE (removed_at)",
-    "webhook_deliveries": "INSERT, UPDATE (status, attempts, next_attempt_at, last_attempt_at,"
+    "webhook_deliveries": "INSERT, UPDATE (status, attempts, next_attempt_at, retry_from, last_attempt_at,"
                           " delivered_at, last_status_code, last_error), DELETE",
 }
 #: `ledger_entries` columns the application may give; `seq` is the sequence's alone.

@@ -357,6 +357,8 @@ webhook_deliveries = Table(
     Column("status", Text, nullable=False, server_default="pending"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     _ts("next_attempt_at"),
+    #: Retries stop LOYALTY_WEBHOOK_RETRY_FOR after it; a redelivery starts a new window.
+    _ts("retry_from"),
     _ts("created_at"),
     Column("last_attempt_at", DateTime(timezone=True), nullable=True),
     Column("delivered_at", DateTime(timezone=True), nullable=True),

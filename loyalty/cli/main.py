@@ -6,7 +6,17 @@ import sys
 
 import click
 
-from loyalty.cli import accounts, dead_letters, program, publish, rules, schema, serve
+from loyalty.cli import (
+    accounts,
+    dead_letters,
+    operations,
+    program,
+    publish,
+    rules,
+    schema,
+    serve,
+    webhooks,
+)
 from loyalty.cli.output import error_line
 from loyalty.errors import InvalidPayload, InvalidRule, LoyaltyError, NotMigratedError
 from loyalty.views import InvalidCursor
@@ -21,7 +31,8 @@ def cli() -> None:
 for _command in (schema.db_group, serve.worker_command, publish.publish_group,
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
                  rules.rules_group, program.totals, program.verify, program.events_group,
-                 dead_letters.dlq_group):
+                 dead_letters.dlq_group, webhooks.webhooks_group,
+                 operations.health_command, operations.relay_command):
     cli.add_command(_command)
 
 

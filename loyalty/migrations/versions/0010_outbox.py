@@ -196,6 +196,9 @@ def upgrade() -> None:
         sa.Column("status", sa.Text(), server_default="pending", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         _timestamp("next_attempt_at"),
+        #: Retries stop this long after it (LOYALTY_WEBHOOK_RETRY_FOR); a redelivery
+        #: starts a new window.
+        _timestamp("retry_from"),
         _timestamp("created_at"),
         _timestamp("last_attempt_at", nullable=True),
         _timestamp("delivered_at", nullable=True),
