@@ -29,9 +29,9 @@ def refused_address(address: str) -> str | None:
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for label, flag in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-                        ("private", ip.is_private), ("multicast", ip.is_multicast),
-                        ("reserved", ip.is_reserved), ("unspecified", ip.is_unspecified)):
+    for label, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                        ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                        ("private", ip.is_private), ("reserved", ip.is_reserved)):
         if flag:
             return f"{label} address {ip}"
     return None
