@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections import defaultdict
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from kombu import Connection, Exchange, Queue
 from standardwebhooks import Webhook
@@ -240,5 +242,48 @@ def test_health_reports_each_check(deploy: Any) -> None:
         wait_for(heartbeat.exists, 30, "the heartbeat file")
         report = env.cli_json("health")
         assert report["ok"] is True and report["checks"]["heartbeat"]["ok"] is True
+    finally:
+        worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_what_the_pool_applies(deploy: Any) -> None:
+    port = free_port()
+    env = deploy("redis", metrics_port=str(port))
+    env.vars["LOYALTY_METRICS_DIR"] = str(env.tmp / "metrics")
+    worker = env.worker(concurrency=2)
+    try:
+        stream = Stream(contacts=6, orders=0, seed=3)
+        stream.publish(env, stream.signups)
+        wait_for(lambda: scrape(port).get(
+            'loyalty_events_applied_total{outcome="earned",type="signup"}') == 6, 60,
+            "6 signups counted")
+        more = Stream(contacts=4, orders=0, seed=4)
+        more.publish(env, more.signups)
+        wait_for(lambda: scrape(port).get(
+            'loyalty_events_applied_total{outcome="earned",type="signup"}') == 10, 60,
+            "10 signups counted")
+        samples = scrape(port)
+        assert samples["loyalty_batch_size_count"] >= 1
+        assert samples["loyalty_apply_seconds_count"] == samples["loyalty_batch_size_count"]
+        assert samples["loyalty_publish_to_apply_lag_seconds_count"] == 10
+        # From the database at scrape time: 10 accounts and 10 EARNs wait for a relay.
+        assert samples["loyalty_outbox_backlog"] == 20
+        assert samples["loyalty_outbox_oldest_age_seconds"] > 0
     finally:
         worker.stop()
