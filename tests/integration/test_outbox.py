@@ -190,3 +190,31 @@ def test_subscriptions_refuse_unknown_types_and_bad_secrets(ledger: Ledger,
     assert refused.value.constraint == "ck_webhook_subscriptions_secret_shape"
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         raw.execute("UPDATE webhook_subscriptions SET secret = 'whsec_xxxxxxxxxxxxxxxxxxxx'")
+
+
+def test_the_redemption_trigger_for_the_merge_works_on_a_redemptions_table(
+        ledger: Ledger, raw_owner: psycopg.Connection) -> None:
+    """REDEMPTION_TRIGGER (migration 0010) is applied once issue 10's `redemptions` table
+    exists; here on a stand-in with the columns it assumes."""
+    import importlib.util
+    from pathlib import Path
+
+    import loyalty
+
+    path = Path(loyalty.__file__).parent / "migrations" / "versions" / "0010_outbox.py"
+    spec = importlib.util.spec_from_file_location("migration_0010", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    ledger.apply_events([signup("r")])
+    account = ledger.get_account(contact_id="r")
+    raw_owner.execute("CREATE TABLE public.redemptions (id bigint PRIMARY KEY,"
+                      " account_id uuid NOT NULL, status text NOT NULL)")
+    raw_owner.execute(migration.REDEMPTION_TRIGGER)
+    raw_owner.execute("INSERT INTO redemptions VALUES (1, %s, 'CREATED'), (2, %s, 'CREATED')",
+                      (account["id"], account["id"]))
+    raw_owner.execute("UPDATE redemptions SET status = 'REFUNDED' WHERE id = 2")
+    raw_owner.execute("UPDATE redemptions SET status = 'REFUNDED' WHERE id = 2")  # no change
+    found = [(e.type, e.data["id"]) for e in events_of(ledger) if e.type.startswith("redemption")]
+    assert found == [("redemption.created", 1), ("redemption.created", 2),
+                     ("redemption.refunded", 2)]
