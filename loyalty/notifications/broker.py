@@ -1,8 +1,10 @@
 """Publishing outgoing events to the `loyalty.notifications` topic exchange.
 
-RabbitMQ: a durable topic exchange, persistent messages, and publisher confirms
-(`confirm_publish`), so `publish` returns only once the broker has the message; any
-service binds a queue with a pattern (`account.*`, `#`). Redis: kombu's virtual topic
+RabbitMQ: a durable topic exchange and persistent messages, published in an AMQP
+transaction per relay batch: `flush` (`tx.commit`) returns only once the broker has taken
+every message of the batch, one round trip per batch where per-message publisher
+confirms (py-amqp waits for each) cost one per event (docs/performance.md). Any service
+binds a queue with a pattern (`account.*`, `#`). Redis: kombu's virtual topic
 exchange, which keeps the bindings in Redis (`_kombu.binding.loyalty.notifications`) and
 pushes each message onto every bound queue's list; a queue must be bound (declared by its
 consumer) before events are published, as on RabbitMQ, or the message reaches no one.
@@ -11,7 +13,6 @@ consumer) before events are published, as on RabbitMQ, or the message reaches no
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 from urllib.parse import urlsplit
 
 from kombu import Connection, Exchange, Producer
@@ -23,21 +24,22 @@ exchange = Exchange(EXCHANGE, type="topic", durable=True)
 
 class NotificationPublisher:
     def __init__(self, broker_url: str) -> None:
-        options: dict[str, Any] = {}
-        if urlsplit(broker_url).scheme in ("amqp", "amqps", "pyamqp"):
-            options["confirm_publish"] = True
-        self.connection = Connection(broker_url, transport_options=options)
+        self.transactional = urlsplit(broker_url).scheme in ("amqp", "amqps", "pyamqp")
+        self.connection = Connection(broker_url)
         self._producer: Producer | None = None
 
     def _ensure(self) -> Producer:
         if self._producer is None:
             self.connection.ensure_connection(max_retries=3)
-            self._producer = Producer(self.connection.channel(), exchange=exchange)
-            exchange.declare(channel=self._producer.channel)
+            channel = self.connection.channel()
+            exchange.declare(channel=channel)
+            if self.transactional:
+                channel.tx_select()
+            self._producer = Producer(channel, exchange=exchange)
         return self._producer
 
     def publish(self, event_id: str, event_type: str, body: str) -> None:
-        """Publish one event; raises if the broker did not take it (confirmed on AMQP)."""
+        """Publish one event; on AMQP it is the broker's only after `flush`."""
         producer = self._ensure()
         try:
             producer.publish(body.encode(), routing_key=event_type, content_type="application/json",
@@ -46,6 +48,16 @@ class NotificationPublisher:
         except Exception:
             self.reset()
             raise
+
+    def flush(self) -> None:
+        """Returns once the broker holds everything published since the last flush
+        (RabbitMQ: commits the channel's transaction; Redis: each push was synchronous)."""
+        if self.transactional and self._producer is not None:
+            try:
+                self._producer.channel.tx_commit()
+            except Exception:
+                self.reset()
+                raise
 
     def reset(self) -> None:
         """Drop the channel after a failure; the next publish reconnects."""

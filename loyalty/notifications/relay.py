@@ -53,6 +53,7 @@ class Relay:
             bodies = [body(e) for e in events]
             for event, text in zip(events, bodies, strict=True):
                 self.publisher.publish(str(event.id), event.type, text)
+            self.publisher.flush()
             return bodies
 
         events = self.ledger.relay_events(self.settings.relay_batch_size, deliver)
