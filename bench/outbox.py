@@ -68,6 +68,10 @@ def drain(dep: Deployment, events: list[dict], args: argparse.Namespace, relay: 
         while dep.query("SELECT count(*) FROM outbox_events WHERE delivered_at IS NULL")[0]:
             time.sleep(0.1)
         result["relay_caught_up_after_s"] = round(time.perf_counter() - started, 2)
+        fields = Path(f"/proc/{relay_proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        result["relay_cpu_s"] = round(cpu, 2)
+        result["relay_cpu_ms_per_event"] = round(cpu * 1000 / len(events), 3)
         os.killpg(relay_proc.pid, signal.SIGTERM)
         relay_proc.wait(30)
         result["outbox_events"] = dep.query("SELECT count(*) FROM outbox_events")[0]

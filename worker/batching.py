@@ -143,7 +143,8 @@ def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> l
                     "task": event.task, "task_id": event.message_id, **result.as_dict()})
         else:
             counts[_settle(event, result, verdicts)] += 1
-    metrics.observe_batch(_observed(valid, results), time.perf_counter() - started, len(valid))
+    if metrics.enabled():
+        metrics.observe_batch(_observed(valid, results), time.perf_counter() - started, len(valid))
     # `applied`: events that took effect now (an EARN, or an outcome such as
     # no_points recorded for the first time); `duplicates` changed nothing.
     log.info("batch applied", extra={

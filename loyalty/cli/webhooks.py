@@ -63,8 +63,9 @@ def _public(subscription: dict[str, Any], with_secret: bool) -> dict[str, Any]:
 def add(ctx: Context, url: str, events: tuple[str, ...], secret: str | None,
         as_json: bool) -> None:
     """Subscribe a URL; prints the subscription with its secret (shown only here)."""
+    secret = _secret(secret)
     check_url(url, ctx.settings.webhook_allow_private)
-    subscription = ctx.ledger().add_webhook(url, sorted(set(events)) or None, _secret(secret))
+    subscription = ctx.ledger().add_webhook(url, sorted(set(events)) or None, secret)
     emit(_public(subscription, with_secret=True), as_json)
 
 
