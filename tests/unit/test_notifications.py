@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook
 
+from loyalty.errors import SettingsError
 from loyalty.ledger.webhooks import Due
 from loyalty.notifications.events import RetryPolicy
 from loyalty.notifications.sender import signed_headers
 from loyalty.notifications.targets import TargetRefused, check_url, refused_address
+from loyalty.settings import Settings
 
 
 @pytest.mark.parametrize(("attempts", "elapsed", "expected"), [
@@ -62,3 +64,24 @@ def test_signature_verifies_with_the_standard_library() -> None:
     assert Webhook(secret).verify(due.body, headers) == {"a": 1}
     with pytest.raises(Exception, match="signature"):
         Webhook(secret).verify('{"a":2}', headers)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"LOYALTY_WEBHOOK_BACKOFF": "0"}, "LOYALTY_WEBHOOK_BACKOFF"),
+    ({"LOYALTY_WEBHOOK_BACKOFF": "10", "LOYALTY_WEBHOOK_BACKOFF_MAX": "5"}, "BACKOFF_MAX"),
+    ({"LOYALTY_RELAY_INTERVAL_MS": "0"}, "LOYALTY_RELAY_INTERVAL_MS"),
+    ({"LOYALTY_RELAY_BATCH_SIZE": "0"}, "LOYALTY_RELAY_BATCH_SIZE"),
+    ({"LOYALTY_OUTBOX_RETENTION": "1"}, "LOYALTY_OUTBOX_RETENTION"),
+    ({"LOYALTY_METRICS_PORT": "70000"}, "LOYALTY_METRICS_PORT"),
+    ({"LOYALTY_HEARTBEAT_MAX_AGE": "1"}, "LOYALTY_HEARTBEAT_MAX_AGE"),
+    ({"LOYALTY_WEBHOOK_TIMEOUT": "0"}, "LOYALTY_WEBHOOK_TIMEOUT"),
+])
+def test_outgoing_event_settings_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_outgoing_event_settings_defaults() -> None:
+    s = Settings.from_env({"LOYALTY_WEBHOOK_ALLOW_PRIVATE": "true", "LOYALTY_METRICS_PORT": "9808"})
+    assert (s.webhook_allow_private, s.metrics_port, s.webhook_retry_for) == (True, 9808, 86_400)
+    assert Settings.from_env({}).metrics_port == 0  # off unless set
