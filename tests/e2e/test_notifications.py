@@ -11,7 +11,7 @@ import socket
 import subprocess
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -39,12 +39,16 @@ class Receiver:
         self.seen: list[str] = []
         self.accepted: list[tuple[dict[str, str], str]] = []
         self.refused = 0
+        #: Called as each request arrives, before it is answered.
+        self.on_request: Callable[[], Any] | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"])).decode()
                 event_id = self.headers["webhook-id"]
+                if receiver.on_request is not None:
+                    receiver.on_request()
                 with receiver.lock:
                     first = event_id not in receiver.seen
                     if first:
@@ -287,3 +291,26 @@ def test_metrics_count_what_the_pool_applies(deploy: Any) -> None:
         assert samples["loyalty_outbox_oldest_age_seconds"] > 0
     finally:
         worker.stop()
+
+
+def test_a_relay_killed_during_a_webhook_request_sends_it_again_with_the_same_id(
+        deploy: Any, receiver: Receiver) -> None:
+    """The receiver SIGKILLs the relay while it waits for the answer to its first request:
+    the delivery was made but never recorded, so the next relay makes it again."""
+    env = deploy("redis", webhook_allow_private="1", relay_interval_ms="50")
+    hook = env.cli_json("webhooks", "add", "--url", receiver.url, "--event", "account.created")
+    ledger = Ledger(db.get_engine(env.db_url))
+    ledger.apply_events([signup("w")])
+    db.dispose_all()
+    relay = Relay(env)
+    receiver.on_request = lambda: relay.stop(signal.SIGKILL)
+    wait_for(lambda: relay.proc.poll() is not None, 60, "the relay killed by the receiver")
+    receiver.on_request = None
+    assert [d["status"] for d in env.cli_json("webhooks", "deliveries")["items"]] == ["pending"]
+    env.cli("relay", "--once")
+    ids = [headers["webhook-id"] for headers, _ in receiver.accepted]
+    assert len(ids) == 2 and ids[0] == ids[1] == outbox_ids(env)[0]
+    secret = Webhook(hook["secret"])
+    assert all(secret.verify(body, headers)["type"] == "account.created"
+               for headers, body in receiver.accepted)
+    assert [d["status"] for d in env.cli_json("webhooks", "deliveries")["items"]] == ["delivered"]
