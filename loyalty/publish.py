@@ -27,7 +27,12 @@ from loyalty.signing import enable_signing
 from schemas.events import (
     BULK_MAX_EVENTS,
     BULK_TYPES,
+    TASK_OF,
     TASKS,
+    AdjustPointsRequest,
+    BulkEvents,
+    OrderCompletedEvent,
+    SignupEvent,
     describe_errors,
     set_max_future_skew,
 )
@@ -142,13 +147,13 @@ class Publisher:
             except ValidationError as exc:
                 raise InvalidPayload(f"event {n}: {describe_errors(exc)}") from None
             items.append({"type": kind, "payload": payload})
-        ids = []
+        ids, bulk = [], TASK_OF[BulkEvents]
         for start in range(0, len(items), per_message):
             body = {"events": items[start:start + per_message]}
             try:
-                ids.append(self._publish("loyalty.events.bulk", [body], "loyalty.events").id)
+                ids.append(self._publish(bulk, [body], TASKS[bulk][0]).id)
             except Exception as exc:
-                raise PublishError(f"could not publish loyalty.events.bulk: {exc}") from exc
+                raise PublishError(f"could not publish {bulk}: {exc}") from exc
         return ids
 
     def signup(self, *, contact_id: str, event_id: str | None = None,
@@ -159,7 +164,7 @@ class Publisher:
         for key, value in (("member_id", member_id), ("email", email), ("name", name)):
             if value is not None:
                 payload[key] = value
-        return self._sent("loyalty.events.signup", payload)
+        return self._sent(TASK_OF[SignupEvent], payload)
 
     def order_completed(self, *, contact_id: str, order_id: str, total: str | Decimal,
                         currency: str, event_id: str | None = None,
@@ -167,7 +172,7 @@ class Publisher:
         payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
                    "order_id": order_id, "total": str(total), "currency": currency,
                    "occurred_at": occurred_at or _now()}
-        return self._sent("loyalty.events.order_completed", payload)
+        return self._sent(TASK_OF[OrderCompletedEvent], payload)
 
     def adjust_points(self, **payload: Any) -> AsyncResult:
         """Publish an adjustment; the result's `request_id` is the idempotency key.
@@ -177,7 +182,7 @@ class Publisher:
         """
         payload = {k: v for k, v in payload.items() if v is not None}
         payload.setdefault("request_id", str(uuid.uuid4()))
-        result = self.send("loyalty.accounts.adjust_points", payload)
+        result = self.send(TASK_OF[AdjustPointsRequest], payload)
         result.request_id = payload["request_id"]
         return result
 

@@ -20,6 +20,9 @@ from loyalty.errors import (
 )
 from schemas.events import TASKS, Contract, PayloadError, parse_task_args
 
+# The task table says which tasks can be replayed; its replay handler uses this module.
+from tasks.table import REPLAYABLE
+
 JSON_TYPES = ("application/json", None, "")
 #: Letters kept without being read, because the message was unreadable, unsigned or
 #: forged, malformed, of an unknown task, from the wrong queue or too large. Replaying
@@ -27,8 +30,6 @@ JSON_TYPES = ("application/json", None, "")
 KEPT_UNREAD = frozenset({"content_disallowed", "undecodable_body", "signature_invalid",
                          "malformed_message", "unknown_task", "wrong_queue",
                          "message_too_large"})
-REPLAYABLE = ("loyalty.events.signup", "loyalty.events.order_completed",
-              "loyalty.accounts.adjust_points")
 
 
 def decode_letter(letter: Mapping[str, Any]) -> Contract:

@@ -293,14 +293,27 @@ class BulkEvents(Contract):
     events: Annotated[list[BulkItem], Field(min_length=1, max_length=BULK_MAX_EVENTS)]
 
 
-# Task name -> (queue, payload model): the whole public contract in one table.
+#: The two queues. Shop events travel apart from staff and operator requests: anyone
+#: who may publish events must not be able to change balances (docs/permissions.md).
+EVENTS_QUEUE = "loyalty.events"
+ADMIN_QUEUE = "loyalty.admin"
+
+# Task name -> (queue, payload model): the whole public contract in one table. The
+# producer side (`loyalty publish`, the JSON Schema files) reads it without the worker;
+# the worker's table (`tasks.table`) adds a handler to each entry.
 TASKS: dict[str, tuple[str, type[Contract]]] = {
-    "loyalty.events.signup": ("loyalty.events", SignupEvent),
-    "loyalty.events.order_completed": ("loyalty.events", OrderCompletedEvent),
-    "loyalty.events.bulk": ("loyalty.events", BulkEvents),
-    "loyalty.accounts.adjust_points": ("loyalty.admin", AdjustPointsRequest),
-    "loyalty.deadletters.replay": ("loyalty.admin", ReplayRequest),
+    "loyalty.events.signup": (EVENTS_QUEUE, SignupEvent),
+    "loyalty.events.order_completed": (EVENTS_QUEUE, OrderCompletedEvent),
+    "loyalty.events.bulk": (EVENTS_QUEUE, BulkEvents),
+    "loyalty.accounts.adjust_points": (ADMIN_QUEUE, AdjustPointsRequest),
+    "loyalty.deadletters.replay": (ADMIN_QUEUE, ReplayRequest),
 }
+
+#: Payload model -> its task's name: code names a task by its contract, not by a string.
+TASK_OF: dict[type[Contract], str] = {model: name for name, (_queue, model) in TASKS.items()}
+
+#: Every queue a task runs from, in the order of the table.
+QUEUES: tuple[str, ...] = tuple(dict.fromkeys(queue for queue, _model in TASKS.values()))
 
 
 class PayloadError(ValueError):

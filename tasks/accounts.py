@@ -1,20 +1,20 @@
-"""Staff adjustments on queue `loyalty.admin`; the caller reads the result back."""
+"""Handlers of staff requests on accounts (queue `loyalty.admin`); the caller reads the
+result back."""
 
-from typing import Any
+from __future__ import annotations
 
-from celery import Task
+from typing import TYPE_CHECKING, Any
 
-from schemas.events import AdjustPointsRequest
-from worker.app import app
-from worker.execution import run
+if TYPE_CHECKING:
+    from loyalty.ledger import Ledger
+    from schemas.events import AdjustPointsRequest
 
 
-@app.task(name="loyalty.accounts.adjust_points", bind=True, ignore_result=False)
-def adjust_points(self: Task, *args: Any, **kwargs: Any) -> Any:
-    result = run(self, AdjustPointsRequest, lambda ledger, req: ledger.adjust_points(req),
-                 args, kwargs)
-    if result.get("status") == "dead_lettered":
-        # The caller is waiting for an answer in the contract's shape.
-        return {"status": "rejected", "reason": result["reason"], "detail": result["detail"],
-                "account": None}
-    return result
+def adjust_points(ledger: Ledger, request: AdjustPointsRequest) -> dict[str, Any]:
+    return ledger.adjust_points(request)
+
+
+def rejected(dead_letter: dict[str, Any]) -> dict[str, Any]:
+    """A dead-lettered request, answered in the contract's shape: the caller is waiting."""
+    return {"status": "rejected", "reason": dead_letter["reason"],
+            "detail": dead_letter["detail"], "account": None}

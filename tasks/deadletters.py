@@ -1,26 +1,26 @@
-"""`loyalty.deadletters.replay` on queue `loyalty.admin`, so replays can be scheduled."""
+"""Handler of `loyalty.deadletters.replay` (queue `loyalty.admin`), so replays can be
+scheduled."""
 
-from typing import Any
+from __future__ import annotations
 
-from celery import Task
+from typing import TYPE_CHECKING, Any
 
-from loyalty import replay as replaying
 from loyalty.errors import DEAD_LETTER_REASONS, InvalidPayload
-from schemas.events import ReplayRequest
-from worker.app import app
-from worker.execution import run
+from schemas.events import TASK_OF, ReplayRequest
+
+if TYPE_CHECKING:
+    from loyalty.ledger import Ledger
 
 
-def _replay(ledger: Any, request: ReplayRequest) -> dict[str, Any]:
+def replay(ledger: Ledger, request: ReplayRequest) -> dict[str, Any]:
+    # loyalty.replay reads the task table, which names this handler: imported on use.
+    from loyalty import replay as replaying
+
     if request.reason is not None and request.reason not in DEAD_LETTER_REASONS \
             and request.reason not in ledger.dead_letter_stats()["by_reason"]:
         # As `loyalty dlq replay --reason`: a typo must not look like "nothing to replay".
         raise InvalidPayload(f"reason: unknown reason code {request.reason!r}")
     ids = ledger.pending_dead_letter_ids(ids=request.ids, reason=request.reason,
                                          since=request.since, limit=request.limit)
-    return replaying.replay(ledger, ids, dry_run=request.dry_run, actor="loyalty.deadletters.replay")
-
-
-@app.task(name="loyalty.deadletters.replay", bind=True, ignore_result=False)
-def replay(self: Task, *args: Any, **kwargs: Any) -> Any:
-    return run(self, ReplayRequest, _replay, args, kwargs)
+    return replaying.replay(ledger, ids, dry_run=request.dry_run,
+                            actor=TASK_OF[ReplayRequest])

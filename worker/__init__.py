@@ -1,5 +1,16 @@
-"""Celery runtime: `celery -A worker worker` finds `app` here."""
+"""Celery runtime. `celery -A worker worker` finds the app as `worker.celery`.
 
-from worker.app import app
+Celery's `-A worker` looks for `worker.app`, which is the module `worker/app.py`, and
+then for `worker.celery`: that name builds the app on first use (`worker.app.current`),
+so importing any worker module builds nothing.
+"""
 
-__all__ = ["app"]
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "celery":
+        from worker.app import current
+
+        return current()
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

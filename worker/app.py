@@ -1,4 +1,9 @@
-"""The Celery application: `celery -A worker worker` and `loyalty worker` both start it."""
+"""The Celery application, built by `create_app` on first use, never at import.
+
+`celery -A worker worker` finds it as `worker.celery` (see worker/__init__.py) and
+`loyalty worker` through `current()`; tests and domain code that import worker modules
+get no app until something asks for one.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from loyalty.ledger import Ledger
 from loyalty.settings import Settings
 from loyalty.signing import enable_signing
 from schemas.events import set_max_future_skew
+from tasks.table import TABLE
 from worker import log_format
 from worker.config import celery_config
 from worker.heartbeat import Heartbeat
@@ -31,8 +37,7 @@ class LoyaltyTask(Task):
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("loyalty", include=["tasks.events", "tasks.accounts", "tasks.deadletters"],
-                 task_cls=LoyaltyTask)
+    app = Celery("loyalty", task_cls=LoyaltyTask)
     app.conf.update(celery_config(settings))
     app.conf.loyalty_settings = settings
     app.steps["consumer"].add(Heartbeat)
@@ -48,14 +53,34 @@ def create_app(settings: Settings | None = None) -> Celery:
             # Plain JSON is let in for shop events only; worker.consumer refuses it for
             # anything else before it is decoded. The worker still signs what it sends.
             app.conf.accept_content = ["json", "auth"]
+    _register_tasks(app)
     return app
 
 
-app = create_app()
+def _register_tasks(app: Celery) -> None:
+    """One Celery task per entry of the task table, all with the same body."""
+    from worker.execution import perform
+
+    for task in TABLE:
+        options: dict[str, Any] = {"Strategy": "worker.batching:strategy"} if task.batched else {}
+        # shared=False: the task belongs to this app only, not to every app created later.
+        app.task(perform, name=task.name, bind=True, shared=False,
+                 ignore_result=not task.answers, **options)
+
+
+_current: Celery | None = None
+
+
+def current() -> Celery:
+    """This process's app, built from the environment the first time it is asked for."""
+    global _current
+    if _current is None:
+        _current = create_app()
+    return _current
 
 
 def settings() -> Settings:
-    configured: Settings = app.conf.loyalty_settings
+    configured: Settings = current().conf.loyalty_settings
     return configured
 
 

@@ -46,13 +46,13 @@ from schemas.events import (
     parse_task_args,
     unknown_bulk_type,
 )
+from tasks.table import BULK
 from worker import raw_letters
 from worker.app import ledger, settings
 
 log = logging.getLogger("loyalty.batches")
 
-BULK_TASK = "loyalty.events.bulk"
-EVENT_TASKS = frozenset({"loyalty.events.signup", "loyalty.events.order_completed", BULK_TASK})
+BULK_TASK = BULK
 
 ACK, REQUEUE = "ack", policy.Action.REQUEUE.value
 
@@ -254,9 +254,9 @@ def _dead_letter(event: Event, reason: str, detail: str, *, verdicts: list[str],
 
 
 def _app() -> Celery:
-    from worker.app import app
+    from worker.app import current
 
-    return app
+    return current()
 
 
 # -- the main process: take messages, buffer them, hand batches to the pool -----

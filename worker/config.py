@@ -7,10 +7,8 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from loyalty.settings import Settings
-
-EVENTS_QUEUE = "loyalty.events"
-ADMIN_QUEUE = "loyalty.admin"
-
+from schemas.events import EVENTS_QUEUE, QUEUES
+from tasks.table import routes
 
 #: Key the worker adds to each consumed message's delivery_info: the queue it was
 #: actually taken from. The message's own exchange and routing key do not tell: on
@@ -86,13 +84,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         # Same declarations as a bare `send_task(..., queue="loyalty.events")`
         # client makes, so producers without our code agree with the worker.
-        "task_queues": [_queue(EVENTS_QUEUE), _queue(ADMIN_QUEUE)],
+        # Queues and routes come from the task table (tasks.table).
+        "task_queues": [_queue(name) for name in QUEUES],
         "task_default_queue": EVENTS_QUEUE,
-        "task_routes": {
-            "loyalty.events.*": {"queue": EVENTS_QUEUE},
-            "loyalty.accounts.*": {"queue": ADMIN_QUEUE},
-            "loyalty.deadletters.*": {"queue": ADMIN_QUEUE},
-        },
+        "task_routes": routes(),
         "worker_send_task_events": False,
         # No pidbox consumer unless the operator asks for it (then signing is enforced
         # by Settings.validate, and worker.app makes the mailbox accept only `auth`).

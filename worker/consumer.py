@@ -18,8 +18,10 @@ from kombu.exceptions import ContentDisallowed
 
 from loyalty import policy
 from loyalty.errors import TransientError
+from schemas.events import EVENTS_QUEUE
+from tasks.table import routes
 from worker import raw_letters
-from worker.config import ARRIVED_ON, EVENTS_QUEUE
+from worker.config import ARRIVED_ON
 
 log = logging.getLogger("loyalty.consumer")
 
@@ -75,7 +77,7 @@ def _unsigned_beyond_events(message: Any) -> bool:
     headers = message.headers if isinstance(message.headers, dict) else {}
     task = headers.get("task")
     return not (info.get(ARRIVED_ON) == EVENTS_QUEUE and isinstance(task, str)
-                and task.startswith("loyalty.events."))
+                and queue_for(task, routes()) == EVENTS_QUEUE)
 
 
 class DeadLetteringConsumer(Consumer):

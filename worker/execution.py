@@ -21,11 +21,24 @@ from loyalty import metrics, policy
 from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import Ledger
 from schemas.events import Contract, PayloadError, parse_task_args
+from tasks.table import BY_NAME
 from worker.app import ledger, settings
 
 log = logging.getLogger("loyalty.tasks")
 
 M = TypeVar("M", bound=Contract)
+
+
+def perform(task: Task, *args: Any, **kwargs: Any) -> Any:
+    """The body of every task: its entry in `tasks.table` says what to parse and apply."""
+    entry = BY_NAME[task.name]
+    if entry.handler is None:  # the bulk task: its events go through the batch job
+        return run_bulk(task, args, kwargs)
+    result = run(task, entry.model, entry.handler, args, kwargs)
+    if entry.on_dead_letter is not None and isinstance(result, dict) \
+            and result.get("status") == "dead_lettered":
+        return entry.on_dead_letter(result)
+    return result
 
 
 def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
@@ -129,8 +142,7 @@ def dead_letter(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], reaso
             "dead_letter_id": letter_id}
 
 
-def run_bulk(task: Task, model: type[Contract], args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Any:
+def run_bulk(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A bulk message taken alone (a re-delivery, or batching off): the batch path, once."""
     from worker import batching
 

@@ -7,6 +7,7 @@ import click
 from loyalty import db
 from loyalty.cli.context import Context, database_error
 from loyalty.errors import NotMigratedError
+from schemas.events import QUEUES
 
 
 @click.command("worker", context_settings={"ignore_unknown_options": True,
@@ -24,8 +25,9 @@ def worker_command(click_ctx: click.Context) -> None:
         raise database_error(exc) from None
     finally:
         db.dispose_all()
-    from worker.app import app
+    # Only here is the worker imported, and its Celery app built.
+    from worker.app import current
 
     argv = ["worker", "--loglevel", ctx.settings.log_level,
-            "--queues", "loyalty.events,loyalty.admin", *click_ctx.args]
-    app.worker_main(argv=argv)
+            "--queues", ",".join(QUEUES), *click_ctx.args]
+    current().worker_main(argv=argv)

@@ -201,9 +201,9 @@ def test_a_member_id_conflict_names_the_member_id(ledger: Ledger) -> None:
 def test_the_replay_task_refuses_an_unknown_reason(ledger: Ledger) -> None:
     from loyalty.errors import InvalidPayload
     from schemas.events import ReplayRequest
-    from tasks.deadletters import _replay
+    from tasks.deadletters import replay
 
     with pytest.raises(InvalidPayload, match="unknown reason code 'bogus'"):
-        _replay(ledger, ReplayRequest(reason="bogus"))
-    assert _replay(ledger, ReplayRequest(reason="account_not_found"))["items"] == []
+        replay(ledger, ReplayRequest(reason="bogus"))
+    assert replay(ledger, ReplayRequest(reason="account_not_found"))["items"] == []
 
