@@ -30,6 +30,14 @@ APP_WRITES: dict[str, str] = {
     "redemptions": "INSERT, UPDATE (status, refund_entry_id, refunded_at)",
     "dead_letters": "INSERT, UPDATE",
     "message_crashes": "INSERT, UPDATE",
+    # Outgoing events (0010): only the ledger's triggers (SECURITY DEFINER) insert events;
+    # the relay marks them delivered and prunes delivered ones (a trigger refuses deleting
+    # an undelivered one). Webhook subscriptions are managed from the command line; their
+    # deliveries are fanned out, retried and pruned by the relay.
+    "outbox_events": "UPDATE (delivered_at), DELETE",
+    "webhook_subscriptions": "INSERT, UPDATE (removed_at)",
+    "webhook_deliveries": "INSERT, UPDATE (status, attempts, next_attempt_at, retry_from, last_attempt_at,"
+                          " delivered_at, last_status_code, last_error), DELETE",
 }
 #: `ledger_entries` columns the application may give; `seq` is the sequence's alone.
 LEDGER_COLUMNS_NOT_GRANTED = frozenset({"seq"})

@@ -93,6 +93,35 @@ class Settings:
     #: `loyalty.events`, and only signed messages for everything else (admin tasks,
     #: anything on `loyalty.admin`). Off: with signing, every message must be signed.
     require_signed_admin: bool = False
+    # -- outgoing events, metrics and health (docs/operations.md) -----------------------
+    #: How long an idle relay (`loyalty relay`) waits before looking for events again, in ms.
+    relay_interval_ms: int = 500
+    #: Outbox events a relay takes per transaction (whole accounts' worth).
+    relay_batch_size: int = 500
+    #: Seconds delivered outbox events and delivered webhook deliveries are kept before
+    #: the relay prunes them (failed deliveries are kept).
+    outbox_retention: int = 604_800
+    #: Seconds a webhook delivery is retried (exponential backoff) before it is failed.
+    webhook_retry_for: int = 86_400
+    #: First retry delay of a webhook delivery, in seconds; doubles up to the maximum.
+    webhook_backoff: float = 5.0
+    webhook_backoff_max: float = 3600.0
+    #: Seconds for a webhook request (connect, write, read each).
+    webhook_timeout: float = 10.0
+    #: Let webhooks target loopback, private, link-local and metadata addresses. Off:
+    #: the service cannot be pointed at itself or at the cloud metadata endpoint.
+    webhook_allow_private: bool = False
+    #: Port of the worker's (and the relay's) Prometheus `/metrics`; 0 (unset): off.
+    metrics_port: int = 0
+    #: Address `/metrics` listens on (0.0.0.0 in a container, behind a published port).
+    metrics_host: str = "127.0.0.1"
+    #: prometheus_client's multiprocess directory; empty: a fresh temporary one.
+    metrics_dir: str = ""
+    #: File the worker's main process touches every few seconds; `loyalty health` reads it.
+    #: One per worker on a host. /tmp is the usual place in a container.
+    heartbeat_file: str = "/tmp/loyalty-worker.heartbeat"  # noqa: S108
+    #: Seconds after which `loyalty health` calls the heartbeat stale.
+    heartbeat_max_age: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +195,22 @@ class Settings:
             raise SettingsError("LOYALTY_REQUIRE_SIGNED_ADMIN needs message signing: set "
                                 "LOYALTY_SECURITY_KEY, LOYALTY_SECURITY_CERTIFICATE and "
                                 "LOYALTY_SECURITY_CERT_STORE")
+        if not 10 <= self.relay_interval_ms <= 60_000:
+            raise SettingsError("LOYALTY_RELAY_INTERVAL_MS must be between 10 and 60000")
+        if not 1 <= self.relay_batch_size <= 5000:
+            raise SettingsError("LOYALTY_RELAY_BATCH_SIZE must be between 1 and 5000")
+        if self.outbox_retention < 60 or self.webhook_retry_for < 0:
+            raise SettingsError("LOYALTY_OUTBOX_RETENTION must be at least 60 and "
+                                "LOYALTY_WEBHOOK_RETRY_FOR not negative")
+        if not 0 < self.webhook_backoff <= self.webhook_backoff_max:
+            raise SettingsError("LOYALTY_WEBHOOK_BACKOFF must be above 0 and at most "
+                                "LOYALTY_WEBHOOK_BACKOFF_MAX")
+        if not 0 < self.webhook_timeout <= 300:
+            raise SettingsError("LOYALTY_WEBHOOK_TIMEOUT must be above 0 and at most 300")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError("LOYALTY_METRICS_PORT must be a TCP port (0: off)")
+        if self.heartbeat_max_age < 2:
+            raise SettingsError("LOYALTY_HEARTBEAT_MAX_AGE must be at least 2")
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
             raise SettingsError(f"LOYALTY_BROKER_URL scheme {scheme!r} is not supported")

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from schemas.events import TASKS, json_schema
+from schemas.notifications import EVENTS, event_json_schema
 
 OUT = Path(__file__).parent / "json"
 
@@ -12,6 +13,10 @@ def render() -> dict[str, str]:
     return {
         f"{name}.json": json.dumps(json_schema(model), indent=2, sort_keys=True) + "\n"
         for name, (_queue, model) in TASKS.items()
+    } | {
+        # Outgoing events, one file per event type (the broker's routing key).
+        f"{name}.json": json.dumps(event_json_schema(name), indent=2, sort_keys=True) + "\n"
+        for name in EVENTS
     }
 
 

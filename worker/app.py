@@ -8,12 +8,13 @@ get no app until something asks for one.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
 from celery import Celery, Task, signals
 
-from loyalty import db
+from loyalty import db, metrics
 from loyalty.errors import LoyaltyError
 from loyalty.ledger import Ledger
 from loyalty.settings import Settings
@@ -22,6 +23,7 @@ from schemas.events import set_max_future_skew
 from tasks.table import TABLE
 from worker import log_format
 from worker.config import celery_config
+from worker.heartbeat import Heartbeat
 
 log = logging.getLogger("loyalty.worker")
 
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("loyalty", task_cls=LoyaltyTask)
     app.conf.update(celery_config(settings))
     app.conf.loyalty_settings = settings
+    app.steps["consumer"].add(Heartbeat)
     set_max_future_skew(settings.max_future_skew)
     if settings.signing:
         enable_signing(app, key=settings.security_key,
@@ -110,6 +113,18 @@ def _refuse_unmigrated_database(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_engines_after_fork(**_: Any) -> None:
     db.forget_inherited()
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """Before the pool forks: its processes record into the directory served here."""
+    if metrics.prepare(settings()):
+        metrics.serve(settings())
+
+
+@signals.worker_process_shutdown.connect
+def _metrics_of_exited_process(pid: int | None = None, **_: Any) -> None:
+    metrics.process_exited(pid or os.getpid())
 
 
 @signals.after_setup_logger.connect

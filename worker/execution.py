@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from loyalty import policy
+from loyalty import metrics, policy
 from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import Ledger
 from schemas.events import Contract, PayloadError, parse_task_args
@@ -44,6 +45,7 @@ def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Apply one message; on failure retry or dead-letter, and return a JSON-able result."""
     retries = task.request.retries or 0
+    kind, started = task.name.rsplit(".", 1)[-1], time.perf_counter()
     try:
         try:
             message = parse_task_args(model, args, kwargs)
@@ -54,10 +56,16 @@ def run(task: Task, model: type[M], apply: Callable[[Ledger, M], Any],
         if not isinstance(exc, LoyaltyError | SoftTimeLimitExceeded):
             log.exception("unexpected failure", extra={"task": task.name,
                                                        "task_id": task.request.id})
+        metrics.observe_batch([(kind, getattr(exc, "reason", "error"), None)],
+                              time.perf_counter() - started, 1)
         decision = policy.after_failure(exc, retries, _limits(),
                                         timed_out=isinstance(exc, SoftTimeLimitExceeded))
         return settle(task, decision, exc, args, kwargs)
     payload = result.as_dict() if hasattr(result, "as_dict") else result
+    if hasattr(result, "outcome"):  # an event, not an adjustment or a replay
+        metrics.observe_batch([(kind, "duplicate" if result.duplicate else result.outcome,
+                                getattr(message, "occurred_at", None))],
+                              time.perf_counter() - started, 1)
     _log_outcome(task, payload)
     return payload
 
@@ -102,6 +110,7 @@ def _log_outcome(task: Task, payload: Any) -> None:
 
 
 def retry(task: Task, exc: BaseException, delay: float) -> Any:
+    metrics.retried(getattr(exc, "reason", type(exc).__name__))
     log.warning("not applied yet, retrying", extra={
         "task": task.name, "task_id": task.request.id, **_about(task.request.args),
         "reason": getattr(exc, "reason", type(exc).__name__), "retries": task.request.retries,

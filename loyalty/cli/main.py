@@ -9,6 +9,7 @@ import click
 from loyalty.cli import (
     accounts,
     dead_letters,
+    operations,
     program,
     publish,
     rewards,
@@ -16,6 +17,7 @@ from loyalty.cli import (
     schema,
     serve,
     staff,
+    webhooks,
 )
 from loyalty.cli.output import error_line
 from loyalty.errors import (
@@ -38,7 +40,8 @@ for _command in (schema.db_group, serve.worker_command, publish.publish_group,
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
                  rules.rules_group, program.totals, program.verify, program.events_group,
                  dead_letters.dlq_group, staff.earn, staff.redeem, staff.refund_transaction,
-                 rewards.rewards_group, rewards.redemptions_group):
+                 rewards.rewards_group, rewards.redemptions_group, webhooks.webhooks_group,
+                 operations.health_command, operations.relay_command):
     cli.add_command(_command)
 accounts.accounts_group.add_command(staff.accounts_create)
 

@@ -6,27 +6,31 @@ know which room a thing lives in; each method is one line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from loyalty.errors import LoyaltyError
 from loyalty.ledger import (
     accounts,
     adjusting,
+    boundary,
     crashes,
     dead_letters,
     earn_rules,
     earning,
     enrolment,
     granting,
+    operations,
+    outbox,
     redeeming,
     rewards,
     verify,
+    webhooks,
 )
 from loyalty.ledger.dead_letters import Decode
 from loyalty.ledger.entries import EventOutcome
@@ -208,3 +212,58 @@ class Ledger:
 
     def verify(self) -> dict[str, Any]:
         return verify.verify(self.engine)
+
+    # -- outgoing events and operations ------------------------------------------------
+
+    def relay_events(self, limit: int, deliver: Callable[[list[outbox.OutboxEvent]], list[str]]
+                     ) -> list[outbox.OutboxEvent]:
+        return outbox.relay(self.engine, limit, deliver)
+
+    def send_due_webhooks(self, limit: int,
+                          send: Callable[[webhooks.Due], tuple[bool, int | None, str]],
+                          retry_in: Callable[[webhooks.Due], float | None]
+                          ) -> list[tuple[webhooks.Due, bool]]:
+        return webhooks.send_due(self.engine, limit, send, retry_in)
+
+    def prune_outbox(self, older_than_seconds: int, limit: int = 10_000) -> dict[str, int]:
+        """Delivered events and delivered webhook deliveries past the retention, in
+        statements of `limit` rows until none is left."""
+        pruned = {"outbox_events": 0, "webhook_deliveries": 0}
+        prunes: dict[str, Callable[[Connection, int, int], int]] = {
+            "outbox_events": outbox.prune, "webhook_deliveries": webhooks.prune_delivered}
+        for name, prune in prunes.items():
+            while True:
+                n = boundary.run(self.engine,
+                                 lambda c, p=prune: p(c, older_than_seconds, limit))  # type: ignore[misc]
+                pruned[name] += n
+                if n < limit:
+                    break
+        return pruned
+
+    def outbox_events(self, account_id: UUID | None = None, limit: int = 1000
+                      ) -> list[outbox.OutboxEvent]:
+        return boundary.read(self.engine, lambda c: outbox.list_events(c, account_id, limit))
+
+    def add_webhook(self, url: str, event_types: Sequence[str] | None, secret: str
+                    ) -> dict[str, Any]:
+        return boundary.run(self.engine,
+                            lambda c: webhooks.add_subscription(c, url, event_types, secret))
+
+    def list_webhooks(self, include_removed: bool = False) -> list[dict[str, Any]]:
+        return boundary.read(self.engine, lambda c: webhooks.list_subscriptions(c, include_removed))
+
+    def remove_webhook(self, subscription_id: int) -> dict[str, Any]:
+        return boundary.run(self.engine, lambda c: webhooks.remove_subscription(c, subscription_id))
+
+    def webhook_deliveries(self, subscription_id: int | None = None, status: str | None = None,
+                           limit: int = 50) -> list[dict[str, Any]]:
+        return boundary.read(self.engine, lambda c: webhooks.list_deliveries(
+            c, subscription_id, status, limit))
+
+    def redeliver_webhooks(self, delivery_id: int | None = None,
+                           subscription_id: int | None = None) -> list[int]:
+        return boundary.run(self.engine, lambda c: webhooks.redeliver(c, delivery_id,
+                                                                      subscription_id))
+
+    def operations_state(self) -> dict[str, Any]:
+        return operations.operations_state(self.engine)

@@ -36,6 +36,11 @@ from loyalty.cli import main
       "--points", "1"], "--activity"),
     (["publish", "refund", "--contact-id", "c", "--order-id", "o", "--refund-id", "r",
       "--currency", "USD"], "--amount"),
+    (["webhooks", "add", "--url", "http://127.0.0.1:8000/x"], "loopback address"),
+    (["webhooks", "add", "--url", "http://169.254.169.254/latest"], "link-local"),
+    (["webhooks", "add", "--url", "https://example.com/x", "--secret", "whsec_short"], "--secret"),
+    (["webhooks", "add", "--url", "https://example.com/x", "--event", "x.y"], "--event"),
+    (["webhooks", "redeliver"], "exactly one of"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     with CliRunner().isolation() as (_out, err, *_):

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from loyalty import policy
+from loyalty import metrics, policy
 from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
 from loyalty.ledger import EventOutcome
 from loyalty.ledger.earning import Event as LedgerEvent
@@ -118,12 +118,23 @@ def apply_batch(items: list[dict[str, Any]], taken_at: float | None = None) -> l
                     "task": event.task, "task_id": event.message_id, **result.as_dict()})
         else:
             counts[_settle(event, result, verdicts)] += 1
+    if metrics.enabled():
+        metrics.observe_batch(_observed(valid, results), time.perf_counter() - started, len(valid))
     # `applied`: events that took effect now (an EARN, or an outcome such as
     # no_points recorded for the first time); `duplicates` changed nothing.
     log.info("batch applied", extra={
         "messages": len(items), "events": len(events), **counts, "waited_ms": waited,
         "ms": round((time.perf_counter() - started) * 1000, 1)})
     return verdicts
+
+
+def _observed(events: list[Event], results: list[EventOutcome | LoyaltyError | None]
+              ) -> list[tuple[str, str, Any]]:
+    """(type, outcome, occurred_at) of each event, for the metrics."""
+    return [(e.task.rsplit(".", 1)[-1],
+             "requeued" if r is None else r.reason if isinstance(r, LoyaltyError)
+             else "duplicate" if r.duplicate else r.outcome,
+             getattr(e.parsed, "occurred_at", None)) for e, r in zip(events, results, strict=True)]
 
 
 class InternalError(LoyaltyError):
@@ -187,6 +198,7 @@ def _retry_later(event: Event, exc: LoyaltyError, delay: float, verdicts: list[s
                                                                "error": str(err)})
         verdicts[event.message] = policy.retry_unpublished().action.value
         return "requeued"
+    metrics.retried(exc.reason)
     log.warning("not applied yet, retrying", extra={
         "task": event.task, "task_id": event.message_id, **policy.about(event.payload),
         "reason": exc.reason, "retries": event.retries, "delay_s": round(delay, 3),
