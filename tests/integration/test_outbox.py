@@ -192,29 +192,23 @@ def test_subscriptions_refuse_unknown_types_and_bad_secrets(ledger: Ledger,
         raw.execute("UPDATE webhook_subscriptions SET secret = 'whsec_xxxxxxxxxxxxxxxxxxxx'")
 
 
-def test_the_redemption_trigger_for_the_merge_works_on_a_redemptions_table(
-        ledger: Ledger, raw_owner: psycopg.Connection) -> None:
-    """REDEMPTION_TRIGGER (migration 0010) is applied once issue 10's `redemptions` table
-    exists; here on a stand-in with the columns it assumes."""
-    import importlib.util
-    from pathlib import Path
+def test_redemptions_and_their_refunds_write_events(ledger: Ledger) -> None:
+    """`redemption.created` when a redemption is written, `redemption.refunded` once when
+    it is refunded (REDEMPTION_TRIGGER of migration 0010), beside the points events."""
+    from tests.integration.test_redemptions import redeem, refund
 
-    import loyalty
-
-    path = Path(loyalty.__file__).parent / "migrations" / "versions" / "0010_outbox.py"
-    spec = importlib.util.spec_from_file_location("migration_0010", path)
-    assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
     ledger.apply_events([signup("r")])
-    account = ledger.get_account(contact_id="r")
-    raw_owner.execute("CREATE TABLE public.redemptions (id bigint PRIMARY KEY,"
-                      " account_id uuid NOT NULL, status text NOT NULL)")
-    raw_owner.execute(migration.REDEMPTION_TRIGGER)
-    raw_owner.execute("INSERT INTO redemptions VALUES (1, %s, 'CREATED'), (2, %s, 'CREATED')",
-                      (account["id"], account["id"]))
-    raw_owner.execute("UPDATE redemptions SET status = 'REFUNDED' WHERE id = 2")
-    raw_owner.execute("UPDATE redemptions SET status = 'REFUNDED' WHERE id = 2")  # no change
+    reward = ledger.create_reward(name="Coffee", kind="custom", value=None, currency=None,
+                                  cost_in_points=30)
+    first = ledger.redeem_points(redeem("r", "rd-1", reward_id=reward["id"]))
+    second = ledger.redeem_points(redeem("r", "rd-2", amount=20))
+    assert ledger.refund_transaction(refund(second["transaction_id"], "rf-1"))["status"] \
+        == "applied"
+    assert ledger.refund_transaction(refund(second["transaction_id"], "rf-2"))["reason"] \
+        == "already_refunded"
     found = [(e.type, e.data["id"]) for e in events_of(ledger) if e.type.startswith("redemption")]
-    assert found == [("redemption.created", 1), ("redemption.created", 2),
-                     ("redemption.refunded", 2)]
+    assert found == [("redemption.created", first["redemption"]["id"]),
+                     ("redemption.created", second["redemption"]["id"]),
+                     ("redemption.refunded", second["redemption"]["id"])]
+    # The signup, the two redemptions and the refund.
+    assert len([e for e in events_of(ledger) if e.type == "account.points_updated"]) == 4
