@@ -188,7 +188,7 @@ def test_orders_refunds_redemptions_and_their_refunds_add_up(deploy: Any) -> Non
                 cost = 150 * request["count"]
             else:
                 # Sometimes exactly the balance, sometimes one point more than it holds.
-                cost = rng.choice([rng.randrange(1, 2000), model.balance(contact),
+                cost = rng.choice([rng.randrange(1, 2000), max(1, model.balance(contact)),
                                    model.balance(contact) + 1])
                 request["amount"] = cost
             asks.append((contact, cost, request))
