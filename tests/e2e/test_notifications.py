@@ -151,7 +151,7 @@ def test_committed_changes_reach_webhooks_and_the_exchange_in_order(
             client.send_task("loyalty.accounts.adjust_points", args=[{
                 "request_id": f"adj-{i}", "contact_id": contact, "amount": amount,
                 "description": "e2e", "actor": "ops"}], queue="loyalty.admin")
-        wait_for(lambda: len(sql(env, "SELECT 1 FROM adjust_requests")) == 10, 60,
+        wait_for(lambda: len(sql(env, "SELECT 1 FROM staff_requests")) == 10, 60,
                  "10 adjustments")
         wait_for(lambda: sql(env, "SELECT count(*) FROM processed_events")[0][0]
                  == stream.distinct_events, 60, "every event applied")
@@ -167,7 +167,7 @@ def test_committed_changes_reach_webhooks_and_the_exchange_in_order(
     entries = {str(r[0]) for r in sql(env, "SELECT id FROM ledger_entries")}
     expected = outbox_ids(env)
     assert len(expected) == 25 + len(entries)
-    assert sql(env, "SELECT count(*) FROM adjust_requests WHERE status = 'rejected'")[0][0] == 5
+    assert sql(env, "SELECT count(*) FROM staff_requests WHERE status = 'rejected'")[0][0] == 5
 
     # Webhooks: each event accepted once, signed, in its account's order; every third
     # event's first attempt was refused and retried.
