@@ -499,6 +499,9 @@ def _redis_ack(messages: list[Any]) -> None:
     channel = messages[0].channel
     qos = channel.qos
     tags = [m.delivery_tag for m in messages]
+    if hasattr(qos, "ack_many"):  # worker.redis_reliable: one round trip for the batch
+        qos.ack_many(tags)
+        return
     with channel.conn_or_acquire() as client:
         client.pipeline().zrem(qos.unacked_index_key, *tags) \
             .hdel(qos.unacked_key, *tags).execute()

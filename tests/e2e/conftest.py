@@ -200,8 +200,12 @@ class Broker:
         if self.kind == "redis":
             client = redis.Redis.from_url(self.url)
             try:
+                # Queued, taken by a consumer (its processing lists, worker.redis_reliable)
+                # or recorded by kombu's stock transport as unacknowledged.
+                held = sum(client.llen(key) for key in client.scan_iter("_loyalty.fetch.*")
+                           if client.type(key) == b"list")
                 return int(client.llen("loyalty.events") + client.llen("loyalty.admin")
-                           + client.hlen("unacked"))
+                           + client.hlen("unacked") + held)
             finally:
                 client.close()
         out = rabbitmqctl("list_queues", "-p", str(self.vhost), "--no-table-headers",
