@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.result import AsyncResult
@@ -34,6 +35,17 @@ from schemas.events import (
 
 #: Celery's default cap on a task's argument repr.
 _REPR_MAX = 1024
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong, in words: kombu re-raises py-amqp's MessageNacked as an empty
+    OperationalError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "MessageNacked":
+            return "the broker refused the message (not confirmed: a queue at its length limit?)"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 def _now() -> str:
@@ -56,6 +68,10 @@ class Publisher:
             broker_connection_retry_on_startup=True,
             broker_connection_max_retries=3,
         )
+        if urlsplit(self.app.conf.broker_url).scheme in ("amqp", "amqps", "pyamqp"):
+            # Publisher confirms: a publish returns once RabbitMQ has taken the message, and
+            # one it refuses (basic.nack) raises PublishError instead of vanishing.
+            self.app.conf.broker_transport_options = {"confirm_publish": True}
         self.signing = settings.signing
         if settings.signing:
             enable_signing(self.app, key=settings.security_key,
@@ -121,7 +137,7 @@ class Publisher:
         try:
             return self._publish(task_name, [payload], queue)
         except Exception as exc:
-            raise PublishError(f"could not publish {task_name}: {exc}") from exc
+            raise PublishError(f"could not publish {task_name}: {_why(exc)}") from exc
 
     def send_bulk(self, events: Iterable[tuple[str, dict[str, Any]]],
                   per_message: int = BULK_MAX_EVENTS) -> list[str]:
@@ -148,7 +164,7 @@ class Publisher:
             try:
                 ids.append(self._publish("loyalty.events.bulk", [body], "loyalty.events").id)
             except Exception as exc:
-                raise PublishError(f"could not publish loyalty.events.bulk: {exc}") from exc
+                raise PublishError(f"could not publish loyalty.events.bulk: {_why(exc)}") from exc
         return ids
 
     def signup(self, *, contact_id: str, event_id: str | None = None,
