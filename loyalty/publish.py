@@ -67,6 +67,9 @@ class Publisher:
             result_accept_content=["json"],
             broker_connection_retry_on_startup=True,
             broker_connection_max_retries=3,
+            # The queue type the worker declares (LOYALTY_QUEUE_TYPE): RabbitMQ refuses a
+            # declaration of the same queue with another type.
+            task_create_missing_queue_type=settings.queue_type,
         )
         if urlsplit(self.app.conf.broker_url).scheme in ("amqp", "amqps", "pyamqp"):
             # Publisher confirms: a publish returns once RabbitMQ has taken the message, and

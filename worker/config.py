@@ -42,11 +42,14 @@ class ConsumedQueue(Queue):
                                on_cancel=on_cancel)
 
 
-def _queue(name: str) -> Queue:
+def _queue(name: str, queue_type: str = "classic") -> Queue:
     """Exactly what a bare Celery client declares for `send_task(..., queue=name)`:
-    a direct exchange and a routing key both named after the queue. Without them
+    a direct exchange and a routing key both named after the queue (and with
+    `task_create_missing_queue_type = "quorum"`, the quorum type). Without them
     Celery would bind every queue with the default queue's key."""
-    return ConsumedQueue(name, Exchange(name, type="direct"), routing_key=name)
+    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    return ConsumedQueue(name, Exchange(name, type="direct"), routing_key=name,
+                         queue_arguments=arguments)
 
 
 #: kombu's Redis transport with reliable fetch (worker.redis_reliable). Only the worker
@@ -108,7 +111,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         # Same declarations as a bare `send_task(..., queue="loyalty.events")`
         # client makes, so producers without our code agree with the worker.
-        "task_queues": [_queue(EVENTS_QUEUE), _queue(ADMIN_QUEUE)],
+        "task_queues": [_queue(EVENTS_QUEUE, settings.queue_type),
+                        _queue(ADMIN_QUEUE, settings.queue_type)],
+        "task_create_missing_queue_type": settings.queue_type,
         "task_default_queue": EVENTS_QUEUE,
         "task_routes": {
             "loyalty.events.*": {"queue": EVENTS_QUEUE},
