@@ -195,6 +195,7 @@ class Broker:
 
     def __init__(self, kind: str, url: str, vhost: str | None = None) -> None:
         self.kind, self.url, self.vhost = kind, url, vhost
+        self.ctl: Callable[..., str] = rabbitmqctl
 
     def pending(self) -> int:
         if self.kind == "redis":
@@ -208,8 +209,11 @@ class Broker:
                            + client.hlen("unacked") + held)
             finally:
                 client.close()
-        out = rabbitmqctl("list_queues", "-p", str(self.vhost), "--no-table-headers",
-                          "name", "messages")
+        if self.kind == "rabbitmq-private":  # a node of its own (tests/e2e/services.py)
+            out = self.ctl("list_queues", "--no-table-headers", "name", "messages")
+        else:
+            out = rabbitmqctl("list_queues", "-p", str(self.vhost), "--no-table-headers",
+                              "name", "messages")
         return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
 
 

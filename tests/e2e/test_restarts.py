@@ -10,13 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from loyalty import db
-from tests.e2e.conftest import Env, Worker, wait_for
-from tests.e2e.services import PrivatePostgres, PrivateRedis
+from tests.e2e.conftest import Broker, Env, Worker, wait_for
+from tests.e2e.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 from tests.e2e.streams import Stream, balances, processed, sql
-from tests.e2e.test_failures import FAST
+from tests.e2e.test_failures import FAST, pool_processes_blocked
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +35,15 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    # Not under tmp_path: the node runs as the rabbitmq user.
+    server = PrivateRabbitMQ(Path(tempfile.mkdtemp(prefix="loyalty-rmq-")))
     server.start()
     yield server
     server.close()
@@ -124,6 +134,38 @@ def test_redis_main_process_sigkill_mid_stream(deploy) -> None:
             os.killpg(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
     assert any(r.get("msg") == "requeued the messages of consumers that are gone"
                for r in second.logs()), "nothing was held by the killed process: no test"
+    assert balances(env) == stream.expected
+    assert env.cli_json("verify")["ok"]
+    assert env.cli_json("dlq", "stats")["total"] == 0
+
+
+def test_rabbitmq_restart_mid_stream(deploy, private_rabbitmq: PrivateRabbitMQ) -> None:
+    """A broker restart while messages are queued, prefetched and in batches: none lost."""
+    env: Env = deploy("redis", **{**FAST, "poison_deliveries": 20})
+    env.broker_url = private_rabbitmq.url
+    env.broker = Broker("rabbitmq-private", private_rabbitmq.url)
+    env.broker.ctl = private_rabbitmq.ctl
+    env.vars["LOYALTY_BROKER_URL"] = private_rabbitmq.url
+    worker = env.worker(concurrency=2)
+    stream = Stream(contacts=30, orders=1000, seed=24)
+    stream.publish(env, stream.signups)
+    wait_for(lambda: processed(env) >= len(stream.signups), 60, "the signups")
+    # Every account locked: the pool processes block inside their transactions with batches
+    # in hand, the main process holds its prefetch, and the rest waits in the queue.
+    holder = psycopg.connect(env.db_url.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        holder.execute("SELECT 1 FROM accounts FOR UPDATE")
+        stream.publish(env, stream.messages[len(stream.signups):])
+        wait_for(lambda: pool_processes_blocked(env, worker), 60, "a batch in hand")
+        private_rabbitmq.stop()
+        time.sleep(2)
+        private_rabbitmq.start()
+    finally:
+        holder.rollback()
+        holder.close()
+    wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
+    wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
+    assert worker.alive(), "the worker must reconnect on its own"
     assert balances(env) == stream.expected
     assert env.cli_json("verify")["ok"]
     assert env.cli_json("dlq", "stats")["total"] == 0
