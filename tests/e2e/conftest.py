@@ -285,3 +285,11 @@ def running_worker(broker_env: Env) -> Iterator[Worker]:
     worker = Worker(broker_env, concurrency=2).start()
     yield worker
     worker.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """LOYALTY_TEST_REPEAT=N runs each selected test N times in one session (bench/soak.py)."""
+    repeat = int(os.environ.get("LOYALTY_TEST_REPEAT", "1"))
+    if repeat > 1:
+        metafunc.fixturenames.append("soak_run")
+        metafunc.parametrize("soak_run", range(repeat), ids=lambda n: f"run{n}")

@@ -16,7 +16,17 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import Env, Worker, wait_for
-from tests.e2e.streams import TS, Stream, balances, letters_by_message, processed, send_raw, shop, sql
+from tests.e2e.streams import (
+    TS,
+    Stream,
+    balances,
+    letters_by_message,
+    processed,
+    record_outcome,
+    send_raw,
+    shop,
+    sql,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -307,8 +317,11 @@ def test_sigkilled_worker_loses_and_doubles_nothing(deploy, broker: str) -> None
         holder.rollback()
         holder.close()
     worker = env.worker(concurrency=2)
-    wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
-    wait_for(lambda: drained(env), 60, "the queues to drain")
+    try:
+        wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
+        wait_for(lambda: drained(env), 60, "the queues to drain")
+    finally:
+        record_outcome(env, stream)
     assert worker.alive()
     assert balances(env) == stream.expected
     assert env.cli_json("verify")["ok"]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import Env, wait_for
-from tests.e2e.streams import Stream, balances, processed, sql
+from tests.e2e.streams import Stream, balances, processed, record_outcome, sql
 from tests.e2e.test_failures import FAST
 
 pytestmark = pytest.mark.e2e
@@ -26,8 +26,11 @@ def test_two_nodes_one_killed_mid_stream_lose_and_double_nothing(deploy, broker:
     wait_for(lambda: processed(env) > len(stream.signups) + 100, 60, "some orders")
     node_b.kill()  # SIGKILL to its process group: the main process and its pool
     assert processed(env) < stream.distinct_events, "the stream ended before the kill"
-    wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
-    wait_for(lambda: env.broker.pending() == 0, 90, "the queues to drain")
+    try:
+        wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
+        wait_for(lambda: env.broker.pending() == 0, 90, "the queues to drain")
+    finally:
+        record_outcome(env, stream)
     time.sleep(1)
     assert node_a.alive()
     assert balances(env) == stream.expected

@@ -16,7 +16,7 @@ import pytest
 from loyalty import db
 from tests.e2e.conftest import Broker, Env, Worker, wait_for
 from tests.e2e.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.e2e.streams import Stream, balances, processed, sql
+from tests.e2e.streams import Stream, balances, processed, record_outcome, sql
 from tests.e2e.test_failures import FAST, pool_processes_blocked
 
 pytestmark = pytest.mark.e2e
@@ -89,8 +89,11 @@ def test_redis_restart_mid_stream(deploy, private_redis: PrivateRedis) -> None:
     private_redis.stop()
     time.sleep(2)
     private_redis.start()
-    wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
-    wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
+    try:
+        wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
+        wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
+    finally:
+        record_outcome(env, stream)
     time.sleep(2)
     assert worker.alive()
     applied = {event_id for (event_id,) in sql(env, "SELECT event_id FROM processed_events")}
@@ -132,6 +135,7 @@ def test_redis_main_process_sigkill_mid_stream(deploy) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        record_outcome(env, stream)
     assert any(r.get("msg") == "requeued the messages of consumers that are gone"
                for r in second.logs()), "nothing was held by the killed process: no test"
     assert balances(env) == stream.expected
@@ -163,8 +167,11 @@ def test_rabbitmq_restart_mid_stream(deploy, private_rabbitmq: PrivateRabbitMQ) 
     finally:
         holder.rollback()
         holder.close()
-    wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
-    wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
+    try:
+        wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
+        wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
+    finally:
+        record_outcome(env, stream)
     assert worker.alive(), "the worker must reconnect on its own"
     assert balances(env) == stream.expected
     assert env.cli_json("verify")["ok"]
