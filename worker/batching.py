@@ -301,8 +301,8 @@ class Batcher:
         """(Re)arm at every consumer start: a lost connection cancels the consumer's timers.
 
         What is still buffered came from the dead channel, and is applied all the same:
-        the broker may deliver it again (a duplicate, which changes nothing), or may
-        not (kombu's Redis transport pops a message before recording it as unacked).
+        the broker delivers it again (a duplicate, which changes nothing): RabbitMQ when
+        the channel closed, Redis once the old channel's processing lists are swept.
         """
         if self.entry is not None:
             try:
