@@ -39,8 +39,9 @@ class Settings:
     queue_type: Literal["classic", "quorum"] = "classic"
     #: Where adjust_points results are stored for the caller to read.
     result_backend: str = "redis://127.0.0.1:6379/1"
-    #: Seconds before Redis re-delivers an unacknowledged message (acks_late).
-    #: Must exceed the task time limit, or a slow task would run twice.
+    #: Redis: seconds a consumer may go without a heartbeat before the messages it holds
+    #: are given to other consumers (worker.redis_reliable), and before kombu re-delivers
+    #: an unacknowledged message recorded the stock way. Must exceed the task time limit.
     visibility_timeout: int = 300
     #: Hard time limit of one task, in seconds.
     task_time_limit: int = 60

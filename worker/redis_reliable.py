@@ -176,7 +176,12 @@ class QoS(kombu_redis.QoS):
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         super().restore_visible(start, num, interval)
-        self.channel.recover_abandoned()
+        try:
+            self.channel.recover_abandoned()
+        except self.channel.connection_errors:
+            raise  # kombu skips this sweep and tries again
+        except Exception as exc:  # e.g. a refused command: never stop the worker for it
+            log.error("could not sweep for abandoned messages", extra={"error": str(exc)})
 
 
 class Channel(kombu_redis.Channel):
@@ -441,5 +446,5 @@ class Transport(kombu_redis.Transport):
             if isinstance(channel, Channel) and channel._alive_at is not None:
                 try:
                     channel.keep_alive(force=True)
-                except channel.connection_errors as exc:
-                    log.debug("heartbeat not sent", extra={"error": str(exc)})
+                except Exception as exc:  # Redis away: the next beat, or the reconnection
+                    log.warning("heartbeat not sent", extra={"error": str(exc)})
