@@ -16,20 +16,27 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from tests.conftest import REDIS_HOST, require
+from tests.e2e.services import PrivateRedis
 from worker.redis_reliable import ALIVE, PREFIX, UNREADABLE
 
 TRANSPORT = "worker.redis_reliable:Transport"
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    """A redis-server of its own: these tests sweep every processing list of their database,
+    which on a shared one would include a running worker's."""
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def url() -> Iterator[str]:
-    require(REDIS_HOST, 6379, "Redis")
-    url = f"redis://{REDIS_HOST}:6379/12"
-    client = redis.Redis.from_url(url)
+def url(server: PrivateRedis) -> Iterator[str]:
+    client = redis.Redis.from_url(server.url)
     client.flushdb()
-    yield url
-    client.flushdb()
+    yield server.url
     client.close()
 
 
