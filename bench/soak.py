@@ -28,29 +28,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: scenario -> (test function, the broker parameter to select with -k, if any)
 SCENARIOS = {
-    "redis-restart": "tests/e2e/test_restarts.py::test_redis_restart_mid_stream",
-    "redis-main-kill": "tests/e2e/test_restarts.py::test_redis_main_process_sigkill_mid_stream",
-    "rabbitmq-restart": "tests/e2e/test_restarts.py::test_rabbitmq_restart_mid_stream",
+    "redis-restart": ("tests/e2e/test_restarts.py::test_redis_restart_mid_stream", ""),
+    "redis-main-kill":
+        ("tests/e2e/test_restarts.py::test_redis_main_process_sigkill_mid_stream", ""),
+    "rabbitmq-restart": ("tests/e2e/test_restarts.py::test_rabbitmq_restart_mid_stream", ""),
     "two-nodes-redis":
-        "tests/e2e/test_nodes.py::test_two_nodes_one_killed_mid_stream_lose_and_double_nothing[redis]",
+        ("tests/e2e/test_nodes.py::test_two_nodes_one_killed_mid_stream_lose_and_double_nothing",
+         "redis"),
     "two-nodes-rabbitmq":
-        "tests/e2e/test_nodes.py::test_two_nodes_one_killed_mid_stream_lose_and_double_nothing"
-        "[rabbitmq]",
+        ("tests/e2e/test_nodes.py::test_two_nodes_one_killed_mid_stream_lose_and_double_nothing",
+         "rabbitmq"),
     "worker-kill-redis":
-        "tests/e2e/test_failures.py::test_sigkilled_worker_loses_and_doubles_nothing[redis]",
+        ("tests/e2e/test_failures.py::test_sigkilled_worker_loses_and_doubles_nothing", "redis"),
     "worker-kill-rabbitmq":
-        "tests/e2e/test_failures.py::test_sigkilled_worker_loses_and_doubles_nothing[rabbitmq]",
+        ("tests/e2e/test_failures.py::test_sigkilled_worker_loses_and_doubles_nothing",
+         "rabbitmq"),
 }
 
 
-def run_session(test: str, repeat: int, outcome: Path) -> list[dict[str, object]]:
+def run_session(scenario: tuple[str, str], repeat: int,
+                outcome: Path) -> list[dict[str, object]]:
     """`repeat` runs of one scenario in one pytest session (one template database)."""
     before = outcome.read_text().count("\n") if outcome.exists() else 0
     started = time.monotonic()
+    test, broker = scenario
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", test, "-q", "-rA", "-p", "no:cacheprovider",
-         "-o", "addopts="],
+        [sys.executable, "-m", "pytest", test, *(["-k", broker] if broker else []), "-q", "-rA",
+         "-p", "no:cacheprovider", "-o", "addopts="],
         cwd=ROOT, env={**os.environ, "LOYALTY_TEST_OUTCOME": str(outcome),
                        "LOYALTY_TEST_REPEAT": str(repeat)},
         capture_output=True, text=True)
