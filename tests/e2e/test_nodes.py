@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
 
 from tests.e2e.conftest import Env, wait_for
 from tests.e2e.streams import Stream, balances, processed, record_outcome, sql
-from tests.e2e.test_failures import FAST
+from tests.e2e.test_failures import FAST, pool_processes_blocked
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +23,17 @@ def test_two_nodes_one_killed_mid_stream_lose_and_double_nothing(deploy, broker:
     stream = Stream(contacts=40, orders=2000, seed=51)
     stream.publish(env, stream.signups)
     wait_for(lambda: processed(env) >= len(stream.signups), 60, "the signups")
-    stream.publish(env, stream.messages[len(stream.signups):])
-    wait_for(lambda: processed(env) > len(stream.signups) + 100, 60, "some orders")
-    node_b.kill()  # SIGKILL to its process group: the main process and its pool
+    # Every account locked while the orders arrive: both nodes' pool processes block in their
+    # transactions, so node b surely holds messages (batches, buffer, prefetch) when it dies.
+    holder = psycopg.connect(env.db_url.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        holder.execute("SELECT 1 FROM accounts FOR UPDATE")
+        stream.publish(env, stream.messages[len(stream.signups):])
+        wait_for(lambda: pool_processes_blocked(env, node_b), 60, "node b with a batch in hand")
+        node_b.kill()  # SIGKILL to its process group: the main process and its pool
+    finally:
+        holder.rollback()
+        holder.close()
     assert processed(env) < stream.distinct_events, "the stream ended before the kill"
     try:
         wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")

@@ -123,16 +123,21 @@ def test_redis_main_process_sigkill_mid_stream(deploy) -> None:
     stream = Stream(contacts=30, orders=1500, seed=23)
     stream.publish(env, stream.signups)
     wait_for(lambda: processed(env) >= len(stream.signups), 60, "the signups")
-    stream.publish(env, stream.messages[len(stream.signups):])
+    # Every account locked: the pool processes block inside their transactions, so the main
+    # process surely holds messages (batches in hand, its buffer, its prefetch) when it dies.
+    holder = psycopg.connect(env.db_url.replace("postgresql+psycopg://", "postgresql://"))
     try:
-        wait_for(lambda: processed(env) > len(stream.signups) + 50, 60, "some orders")
-        kill_main_process(first)  # in the middle of the drain: it fetches without pause
+        holder.execute("SELECT 1 FROM accounts FOR UPDATE")
+        stream.publish(env, stream.messages[len(stream.signups):])
+        wait_for(lambda: pool_processes_blocked(env, first), 60, "a batch in hand")
+        kill_main_process(first)
+        holder.rollback()  # its orphaned pool processes may still commit: duplicates later
         assert processed(env) < stream.distinct_events, "the stream ended before the kill"
-        time.sleep(0.5)
         second = env.worker(concurrency=2, name="k2")
         wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
         wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
     finally:
+        holder.close()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
         record_outcome(env, stream)
