@@ -49,10 +49,13 @@ def test_quorum_queues_end_to_end(deploy) -> None:
         late = stream.signups[0]
         first_order = next(m for m in stream.messages[len(stream.signups):]
                            if m[1]["contact_id"] == late[1]["contact_id"])
-        shop.send_task(first_order[0], args=[first_order[1]], queue="loyalty.events")
+        # Retried as tests/e2e/streams.py publishes: the shared broker is busy.
+        retry = {"retry": True, "retry_policy": {"max_retries": 30, "interval_start": 0.2,
+                                                 "interval_step": 0.5, "interval_max": 2}}
+        shop.send_task(first_order[0], args=[first_order[1]], queue="loyalty.events", **retry)
         time.sleep(1)
         for name, payload in stream.messages:
-            shop.send_task(name, args=[payload], queue="loyalty.events")
+            shop.send_task(name, args=[payload], queue="loyalty.events", **retry)
     finally:
         shop.close()
     wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
