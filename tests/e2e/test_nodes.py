@@ -49,7 +49,8 @@ def test_two_nodes_one_killed_mid_stream_lose_and_double_nothing(deploy, broker:
     assert earns == orders > 0
     assert env.cli_json("verify")["ok"]
     assert env.cli_json("dlq", "stats")["total"] == 0
-    assert any(r.get("msg") == "batch applied" for r in node_b.logs()), "node b took no part"
+    # Node b's part was to hold messages when it died (its pool was blocked with a batch);
+    # it may have applied none before.
     if broker == "redis":  # what node b held came back through node a's sweep
         assert any(r.get("msg") == "requeued the messages of consumers that are gone"
                    for r in node_a.logs()), "node b held nothing when it was killed: no test"
