@@ -99,13 +99,14 @@ def kombu_drain(broker_url: str, n: int) -> float:
 
 
 class Deployment:
-    def __init__(self, broker: str, run_id: str) -> None:
+    def __init__(self, broker: str, run_id: str,
+                 redis_url: str = "redis://127.0.0.1:6379/15") -> None:
         self.db = f"loyalty_bench_{run_id}"
         self.dsn = f"host=127.0.0.1 user=postgres dbname={self.db}"
         self.vhost = None
         if broker == "redis":
-            self.broker_url = "redis://127.0.0.1:6379/15"
-            sh("redis-cli", "-n", "15", "FLUSHDB")
+            self.broker_url = redis_url
+            sh("redis-cli", "-u", redis_url, "FLUSHDB")
         else:
             self.vhost = f"loyalty-bench-{run_id}"
             sh("rabbitmqctl", "-q", "add_vhost", self.vhost)
@@ -299,6 +300,9 @@ def main() -> None:
     parser.add_argument("--refunds", type=float, default=0, metavar="PCT",
                         help="also drain a stream with PCT%% refunds, e.g. 20 (issue 10)")
     parser.add_argument("--skip-references", action="store_true")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
+                        help="the Redis broker (emptied first): a private redis-server keeps "
+                             "parallel benchmarks and appendfsync trials apart")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a worker setting, e.g. batch_wait_ms=5 (LOYALTY_BATCH_WAIT_MS)")
     args = parser.parse_args()
@@ -310,7 +314,7 @@ def main() -> None:
     from loyalty.settings import Settings
 
     run_id = uuid.uuid4().hex[:6]
-    dep = Deployment(args.broker, run_id)
+    dep = Deployment(args.broker, run_id, args.redis_url)
     for setting in args.setting:
         name, sep, value = setting.partition("=")
         if not sep:

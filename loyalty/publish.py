@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.result import AsyncResult
@@ -47,6 +48,17 @@ from schemas.events import (
 _REPR_MAX = 1024
 
 
+def _why(exc: BaseException) -> str:
+    """What went wrong, in words: kombu re-raises py-amqp's MessageNacked as an empty
+    OperationalError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "MessageNacked":
+            return "the broker refused the message (not confirmed: a queue at its length limit?)"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -66,7 +78,14 @@ class Publisher:
             result_accept_content=["json"],
             broker_connection_retry_on_startup=True,
             broker_connection_max_retries=3,
+            # The queue type the worker declares (LOYALTY_QUEUE_TYPE): RabbitMQ refuses a
+            # declaration of the same queue with another type.
+            task_create_missing_queue_type=settings.queue_type,
         )
+        if urlsplit(self.app.conf.broker_url).scheme in ("amqp", "amqps", "pyamqp"):
+            # Publisher confirms: a publish returns once RabbitMQ has taken the message, and
+            # one it refuses (basic.nack) raises PublishError instead of vanishing.
+            self.app.conf.broker_transport_options = {"confirm_publish": True}
         self.signing = settings.signing
         if settings.signing:
             enable_signing(self.app, key=settings.security_key,
@@ -132,7 +151,7 @@ class Publisher:
         try:
             return self._publish(task_name, [payload], queue)
         except Exception as exc:
-            raise PublishError(f"could not publish {task_name}: {exc}") from exc
+            raise PublishError(f"could not publish {task_name}: {_why(exc)}") from exc
 
     def send_bulk(self, events: Iterable[tuple[str, dict[str, Any]]],
                   per_message: int = BULK_MAX_EVENTS) -> list[str]:
@@ -160,7 +179,7 @@ class Publisher:
             try:
                 ids.append(self._publish(bulk, [body], TASKS[bulk][0]).id)
             except Exception as exc:
-                raise PublishError(f"could not publish {bulk}: {exc}") from exc
+                raise PublishError(f"could not publish {bulk}: {_why(exc)}") from exc
         return ids
 
     def signup(self, *, contact_id: str, event_id: str | None = None,

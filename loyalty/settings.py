@@ -34,10 +34,14 @@ class Settings:
     bootstrap_database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     #: Celery broker: redis://... (default) or amqp://... for RabbitMQ.
     broker_url: str = "redis://127.0.0.1:6379/0"
+    #: RabbitMQ only: "classic" queues, or "quorum" queues (replicated by Raft across a
+    #: cluster). Producers must declare the same type (docs/operations.md).
+    queue_type: Literal["classic", "quorum"] = "classic"
     #: Where adjust_points results are stored for the caller to read.
     result_backend: str = "redis://127.0.0.1:6379/1"
-    #: Seconds before Redis re-delivers an unacknowledged message (acks_late).
-    #: Must exceed the task time limit, or a slow task would run twice.
+    #: Redis: seconds a consumer may go without a heartbeat before the messages it holds
+    #: are given to other consumers (worker.redis_reliable), and before kombu re-delivers
+    #: an unacknowledged message recorded the stock way. Must exceed the task time limit.
     visibility_timeout: int = 300
     #: Hard time limit of one task, in seconds.
     task_time_limit: int = 60
@@ -214,6 +218,11 @@ class Settings:
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
             raise SettingsError(f"LOYALTY_BROKER_URL scheme {scheme!r} is not supported")
+        if self.queue_type not in ("classic", "quorum"):
+            raise SettingsError("LOYALTY_QUEUE_TYPE must be 'classic' or 'quorum'")
+        if self.queue_type == "quorum" and scheme.startswith("redis"):
+            raise SettingsError("LOYALTY_QUEUE_TYPE=quorum needs a RabbitMQ broker "
+                                "(LOYALTY_BROKER_URL=amqp://...)")
 
     @property
     def signing(self) -> bool:

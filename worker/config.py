@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
 
@@ -39,16 +40,39 @@ class ConsumedQueue(Queue):
                                on_cancel=on_cancel)
 
 
-def _queue(name: str) -> Queue:
+def _queue(name: str, queue_type: str = "classic") -> Queue:
     """Exactly what a bare Celery client declares for `send_task(..., queue=name)`:
-    a direct exchange and a routing key both named after the queue. Without them
+    a direct exchange and a routing key both named after the queue (and with
+    `task_create_missing_queue_type = "quorum"`, the quorum type). Without them
     Celery would bind every queue with the default queue's key."""
-    return ConsumedQueue(name, Exchange(name, type="direct"), routing_key=name)
+    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    return ConsumedQueue(name, Exchange(name, type="direct"), routing_key=name,
+                         queue_arguments=arguments)
+
+
+#: kombu's Redis transport with reliable fetch (worker.redis_reliable). Only the worker
+#: consumes through it; producers publish as they always have.
+RELIABLE_REDIS = "worker.redis_reliable:Transport"
+
+
+def broker_transport(broker_url: str) -> str | None:
+    """The transport the worker consumes with: ours on Redis, kombu's choice otherwise."""
+    return RELIABLE_REDIS if urlsplit(broker_url).scheme in ("redis", "rediss") else None
+
+
+def publish_options(broker_url: str) -> dict[str, Any]:
+    """Transport options for publishing: on RabbitMQ every publish waits for the broker's
+    confirm (`basic.ack`), and a `basic.nack` (a queue at its length limit with
+    `reject-publish`, a refused message) raises instead of being lost. A Redis publish is
+    an LPUSH whose reply already says it was written."""
+    scheme = urlsplit(broker_url).scheme
+    return {"confirm_publish": True} if scheme in ("amqp", "amqps", "pyamqp") else {}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": broker_transport(settings.broker_url),
         "result_backend": settings.result_backend,
         # Only JSON crosses the broker: pickle or yaml bodies are refused unread.
         "accept_content": ["json"],
@@ -79,13 +103,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_mutex_expire": settings.visibility_timeout,
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 2)),
             "unacked_restore_throttle": 1,
+            **publish_options(settings.broker_url),
         },
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         # Same declarations as a bare `send_task(..., queue="loyalty.events")`
         # client makes, so producers without our code agree with the worker.
         # Queues and routes come from the task table (tasks.table).
-        "task_queues": [_queue(name) for name in QUEUES],
+        "task_queues": [_queue(name, settings.queue_type) for name in QUEUES],
+        "task_create_missing_queue_type": settings.queue_type,
         "task_default_queue": EVENTS_QUEUE,
         "task_routes": routes(),
         "worker_send_task_events": False,

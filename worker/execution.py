@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from loyalty import metrics, policy
 from loyalty.errors import InvalidPayload, LoyaltyError, TransientError
@@ -115,7 +115,17 @@ def retry(task: Task, exc: BaseException, delay: float) -> Any:
         "task": task.name, "task_id": task.request.id, **_about(task.request.args),
         "reason": getattr(exc, "reason", type(exc).__name__), "retries": task.request.retries,
         "delay_s": round(delay, 3), "error": str(exc)})
-    raise task.retry(countdown=delay, max_retries=None)
+    try:
+        raise task.retry(countdown=delay, max_retries=None)
+    except Reject as refused:
+        # Celery rejects the message for good (requeue=False) when the retry it published
+        # failed: no broker, or RabbitMQ did not confirm it. Keep the original instead, and
+        # slow the loop while the broker refuses.
+        log.error("cannot publish a retry, requeueing", extra={
+            "task": task.name, "task_id": task.request.id, "error": str(refused.reason)})
+        time.sleep(1)
+        decision = policy.retry_unpublished()
+        raise Reject(refused.reason, requeue=decision.action is policy.Action.REQUEUE) from None
 
 
 def _about(args: Any) -> dict[str, Any]:

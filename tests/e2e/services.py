@@ -127,3 +127,72 @@ class PrivateRedis:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of its own (its own port, node name and data), to stop and start.
+
+    The machine's shared node is left alone. Its messages are durable and persistent, as
+    the worker declares and the producers publish them, so a restart must lose none.
+    """
+
+    def __init__(self, root: Path) -> None:
+        if not shutil.which("rabbitmq-server") or not shutil.which("rabbitmqctl"):
+            _unavailable("rabbitmq-server is not installed")
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "enabled_plugins").write_text("[].\n")
+        if os.geteuid() == 0:  # the scripts run the node as the rabbitmq user
+            shutil.chown(root, "rabbitmq")
+            shutil.chown(root / "enabled_plugins", "rabbitmq")
+        self.port = free_port()
+        self.node = f"loyalty-test-{self.port}@localhost"
+        self.env = {**os.environ, "RABBITMQ_NODENAME": self.node,
+                    "RABBITMQ_NODE_PORT": str(self.port),
+                    "RABBITMQ_DIST_PORT": str(free_port()),
+                    "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                    "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+                    "RABBITMQ_LOG_BASE": str(root / "log"),
+                    "RABBITMQ_PID_FILE": str(root / "node.pid"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+                    "RABBITMQ_CONFIG_FILE": str(root / "none")}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def ctl(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(["rabbitmqctl", "-q", "-n", self.node, *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise AssertionError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["rabbitmq-server"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while True:  # await_startup fails at once while the node is not reachable yet
+            try:
+                self.ctl("await_startup", "--timeout", "60", timeout=90)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(1)
+        _wait_port(self.port, up=True, timeout=60)
+
+    def stop(self) -> None:
+        """A clean stop: what RabbitMQ confirmed of durable queues is on disk."""
+        self.ctl("stop")
+        if self.proc is not None:
+            self.proc.wait(60)
+        _wait_port(self.port, up=False)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from collections import defaultdict
@@ -129,3 +130,25 @@ class Stream:
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+def record_outcome(env: Env, stream: Stream) -> dict[str, int]:
+    """Events lost and contacts paid twice in this run; bench/soak.py reads them.
+
+    Lost: events of the stream never applied. Doubled: contacts whose balance is above
+    what exactly the applied events give (the database refuses a second EARN for one
+    order, so this should stay 0 by construction). Appended as one JSON line to the file
+    that LOYALTY_TEST_OUTCOME names, when it is set.
+    """
+    applied = {event_id for (event_id,) in sql(env, "SELECT event_id FROM processed_events")}
+    lost = len({payload["event_id"] for _n, payload in stream.messages} - applied)
+    given = stream.expected_given(applied)
+    doubled = sum(1 for contact, balance in balances(env).items()
+                  if balance > given.get(contact, 0))
+    outcome = {"lost": lost, "doubled": doubled}
+    path = os.environ.get("LOYALTY_TEST_OUTCOME")
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""),
+                                     **outcome}) + "\n")
+    return outcome

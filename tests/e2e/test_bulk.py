@@ -72,7 +72,11 @@ def unacknowledged(env) -> int:
     if env.broker.kind == "redis":
         client = redis.Redis.from_url(env.broker.url)
         try:
-            return int(client.hlen("unacked"))
+            # Held in the worker's processing lists (worker.redis_reliable), or recorded
+            # the stock way.
+            held = sum(client.llen(key) for key in client.scan_iter("_loyalty.fetch.*")
+                       if client.type(key) == b"list" and key != b"_loyalty.fetch.unreadable")
+            return int(held + client.hlen("unacked"))
         finally:
             client.close()
     out = rabbitmqctl("list_queues", "-p", str(env.broker.vhost), "--no-table-headers",

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import Env, wait_for
 from tests.e2e.streams import TS, Stream, balances, letters_by_message, processed, send_raw, shop, sql
-from tests.e2e.test_failures import FAST, FileTouch, sigkill_pool_processes
+from tests.e2e.test_failures import FAST, FileTouch
 
 pytestmark = pytest.mark.e2e
 
@@ -72,13 +72,7 @@ def test_chaos(deploy, broker: str, tmp_path: Path) -> None:
                  " AND application_name LIKE 'loyalty:%%'", name)
         time.sleep(0.7)
     stream.publish(env, mixed[third:2 * third])
-    if broker == "rabbitmq":
-        workers[1].kill()  # SIGKILL, main process included
-    else:
-        # On Redis a SIGKILL of the consuming main process can lose the one message kombu
-        # has popped but not yet recorded (docs/design.md, "Known limits"): kill its pool, then stop it.
-        sigkill_pool_processes(workers[1])
-        workers[1].stop()
+    workers[1].kill()  # SIGKILL, main process included
     stream.publish(env, mixed[2 * third:])
     workers.append(env.worker(concurrency=1, name="c"))
     for _ in range(3):

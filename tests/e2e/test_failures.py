@@ -16,7 +16,17 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import Env, Worker, wait_for
-from tests.e2e.streams import TS, Stream, balances, letters_by_message, processed, send_raw, shop, sql
+from tests.e2e.streams import (
+    TS,
+    Stream,
+    balances,
+    letters_by_message,
+    processed,
+    record_outcome,
+    send_raw,
+    shop,
+    sql,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -303,19 +313,19 @@ def test_sigkilled_worker_loses_and_doubles_nothing(deploy, broker: str) -> None
                  "a pool process blocked on a locked account")
         assert sigkill_pool_processes(worker) > 0
         wait_for(lambda: redelivered(worker), 30, "the killed process's messages requeued")
-        if broker == "rabbitmq":
-            # The whole worker too. Not on Redis: see docs/design.md, "Known limits" (kombu pops a
-            # message before it records it as unacknowledged, so a SIGKILL of the consuming
-            # main process in between loses that message).
-            worker.kill()
-            assert processed(env) < stream.distinct_events
+        # The whole worker too, main process included: on Redis its messages wait in its
+        # processing lists (worker.redis_reliable) until its heartbeat expires.
+        worker.kill()
+        assert processed(env) < stream.distinct_events
     finally:
         holder.rollback()
         holder.close()
-    if broker == "rabbitmq":
-        worker = env.worker(concurrency=2)
-    wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
-    wait_for(lambda: drained(env), 60, "the queues to drain")
+    worker = env.worker(concurrency=2)
+    try:
+        wait_for(lambda: processed(env) == stream.distinct_events, 120, "every event")
+        wait_for(lambda: drained(env), 60, "the queues to drain")
+    finally:
+        record_outcome(env, stream)
     assert worker.alive()
     assert balances(env) == stream.expected
     assert env.cli_json("verify")["ok"]

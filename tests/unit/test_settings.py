@@ -29,6 +29,8 @@ def test_reads_prefixed_variables_and_ints() -> None:
     {"LOYALTY_LOG_FORMAT": "xml"},
     {"LOYALTY_BROKER_URL": "sqs://queue"},
     {"LOYALTY_VISIBILITY_TIMEOUT": "30", "LOYALTY_TASK_TIME_LIMIT": "60"},
+    {"LOYALTY_QUEUE_TYPE": "stream", "LOYALTY_BROKER_URL": "amqp://x//"},
+    {"LOYALTY_QUEUE_TYPE": "quorum"},  # a RabbitMQ feature; the default broker is Redis
 ])
 def test_rejects_bad_settings(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
@@ -61,3 +63,14 @@ def test_each_queue_has_its_own_exchange_and_key() -> None:
         ("loyalty.events", "loyalty.events", "direct", "loyalty.events"),
         ("loyalty.admin", "loyalty.admin", "direct", "loyalty.admin"),
     ]
+
+
+def test_quorum_queues_are_declared_as_a_producer_with_that_type_declares_them() -> None:
+    from worker.config import celery_config
+
+    config = celery_config(Settings.from_env({"LOYALTY_QUEUE_TYPE": "quorum",
+                                              "LOYALTY_BROKER_URL": "amqp://x//"}))
+    assert [q.queue_arguments for q in config["task_queues"]] == [{"x-queue-type": "quorum"}] * 2
+    assert config["task_create_missing_queue_type"] == "quorum"
+    classic = celery_config(Settings.from_env({}))
+    assert [q.queue_arguments for q in classic["task_queues"]] == [None, None]

@@ -69,13 +69,16 @@ class Batcher:
         self.most_events = max(s.prefetch_multiplier, 2 * s.batch_size)
         #: Acknowledges this consumer's batches, by its broker; renewed at each start.
         self.acker: acks.Acker = acks.Acker()
+        #: On quorum queues Celery uses per-consumer prefetch, which RabbitMQ fixes when
+        #: the consumer starts: the prefetch is set once, to its ceiling (see `start`).
+        self.static = False
 
     def start(self) -> None:
         """(Re)arm at every consumer start: a lost connection cancels the consumer's timers.
 
         What is still buffered came from the dead channel, and is applied all the same:
-        the broker may deliver it again (a duplicate, which changes nothing), or may
-        not (kombu's Redis transport pops a message before recording it as unacked).
+        the broker delivers it again (a duplicate, which changes nothing): RabbitMQ when
+        the channel closed, Redis once the old channel's processing lists are swept.
         """
         if self.entry is not None:
             try:
@@ -84,6 +87,13 @@ class Batcher:
                 log.debug("batch timer already cancelled")
         # A new channel numbers its deliveries from 1 again: a new acker.
         self.acker = acks.for_connection(self.consumer.connection)
+        if _quorum(self.consumer):
+            # Per-consumer prefetch is fixed at consume time: start at the ceiling `_credit`
+            # would allow for single events; the bytes bound still holds for bulk ones.
+            self.static = True
+            most = self.most_events * max(getattr(self.consumer.pool, "num_processes", 1), 1)
+            self.consumer.initial_prefetch_count = max(1, min(
+                most, self.max_prefetch_bytes // self.max_message_bytes))
         if self.items:
             log.warning("connection restarted; applying the messages still buffered",
                         extra={"messages": len(self.items)})
@@ -131,7 +141,7 @@ class Batcher:
         for messages with an ETA are overridden; they are rare here.)
         """
         qos = getattr(self.consumer, "qos", None)
-        if qos is None:
+        if qos is None or self.static:
             return
         most = self.most_events * max(getattr(self.consumer.pool, "num_processes", 1), 1)
         want = prefetch(most_events=most, held_events=self.held_events,
@@ -205,6 +215,16 @@ class Batcher:
         self.consumer.pool.apply_async(
             apply_batch, args=(items, self.taken_at), callback=done, error_callback=failed,
             timeout=self.time_limit, soft_timeout=None)
+
+
+def _quorum(consumer: Any) -> bool:
+    """Whether Celery consumes quorum queues here (and so uses a static prefetch)."""
+    from celery.utils.quorum_queues import detect_quorum_queues
+
+    connection = getattr(consumer, "connection", None)
+    if connection is None or not consumer.app.conf.worker_detect_quorum_queues:
+        return False
+    return bool(detect_quorum_queues(consumer.app, connection.transport.driver_type)[0])
 
 
 def _after_crash(message: Any, crashes: int, limits: policy.Limits, detail: str) -> str:
