@@ -34,6 +34,7 @@ from loyalty.ledger.entries import (
     entry_id,
     order_change,
     seen_outcome,
+    settled_already,
 )
 from loyalty.ledger.reversing import refunds_work
 from loyalty.rules import EarnRule, select_rule
@@ -287,25 +288,8 @@ def _activities(conn: Connection, activities: list[tuple[int, ActivityEvent]],
     writes = _Writes()
     first: dict[str, tuple[int, str]] = {}
     for i, event, fingerprint, payload in events:
-        earlier = first.get(event.event_id)
-        done = results[earlier[0]] if earlier is not None else None
-        if earlier is not None and earlier[1] == fingerprint:
-            results[i] = replace(done, duplicate=True) if isinstance(done, EventOutcome) else done
-            continue
-        if isinstance(done, EventOutcome):
-            results[i] = IdempotencyConflict(
-                f"event_id {event.event_id!r} was already applied with a different payload")
-            continue
-        first[event.event_id] = (i, fingerprint)
-        if event.event_id in seen:
-            try:
-                results[i] = seen_outcome(seen[event.event_id], event.event_id, fingerprint)
-            except IdempotencyConflict as exc:
-                results[i] = exc
-            continue
-        account = locked.get(event.contact_id)
+        account = settled_already(results, i, event, fingerprint, first, seen, locked)
         if account is None:
-            results[i] = AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
             continue
         account_id = account["id"]
         key = (account_id, event.activity, event.reference_id)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 from loyalty.errors import (
+    AccountNotFound,
     BalanceAboveMaximum,
     IdempotencyConflict,
     LoyaltyError,
@@ -48,6 +49,35 @@ class EventOutcome:
         if self.detail is not None:
             shape["detail"] = self.detail
         return shape
+
+
+def settled_already(results: list[Any], i: int, event: Any, fingerprint: str,
+                    first: dict[str, tuple[int, str]], seen: Mapping[str, Mapping[Any, Any]],
+                    locked: Mapping[str, Mapping[Any, Any]]) -> Mapping[Any, Any] | None:
+    """What every event of a batch goes through before it is decided: the same event_id
+    earlier in this batch (a duplicate, or a conflict if its content differs), an earlier
+    delivery (`seen`), an account that does not exist. Sets `results[i]` and returns None
+    when that settles it; otherwise records it in `first` and returns its locked account."""
+    earlier = first.get(event.event_id)
+    done = results[earlier[0]] if earlier is not None else None
+    if earlier is not None and earlier[1] == fingerprint:
+        results[i] = replace(done, duplicate=True) if isinstance(done, EventOutcome) else done
+        return None
+    if isinstance(done, EventOutcome):
+        results[i] = IdempotencyConflict(
+            f"event_id {event.event_id!r} was already applied with a different payload")
+        return None
+    first[event.event_id] = (i, fingerprint)
+    if event.event_id in seen:
+        try:
+            results[i] = seen_outcome(seen[event.event_id], event.event_id, fingerprint)
+        except IdempotencyConflict as exc:
+            results[i] = exc
+        return None
+    account = locked.get(event.contact_id)
+    if account is None:
+        results[i] = AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
+    return account
 
 
 def seen_outcome(row: Mapping[Any, Any], event_id: str, fingerprint: str) -> EventOutcome:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -19,14 +18,13 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from loyalty.errors import (
-    AccountNotFound,
     CurrencyMismatch,
     IdempotencyConflict,
     LoyaltyError,
     OrderNotFound,
 )
 from loyalty.ledger import statements as sql
-from loyalty.ledger.entries import EventOutcome, entry_id, seen_outcome
+from loyalty.ledger.entries import EventOutcome, entry_id, settled_already
 from loyalty.refunds import reversal
 from schemas.events import OrderRefundedEvent
 
@@ -80,25 +78,8 @@ def refunds_work(conn: Connection, refunds: Sequence[tuple[int, OrderRefundedEve
     #: The first occurrence of each event_id in this batch: its slot and fingerprint.
     first: dict[str, tuple[int, str]] = {}
     for i, event, fingerprint, payload in events:
-        earlier = first.get(event.event_id)
-        done = results[earlier[0]] if earlier is not None else None
-        if earlier is not None and earlier[1] == fingerprint:
-            results[i] = replace(done, duplicate=True) if isinstance(done, EventOutcome) else done
-            continue
-        if isinstance(done, EventOutcome):
-            results[i] = IdempotencyConflict(
-                f"event_id {event.event_id!r} was already applied with a different payload")
-            continue
-        first[event.event_id] = (i, fingerprint)
-        if event.event_id in seen:
-            try:
-                results[i] = seen_outcome(seen[event.event_id], event.event_id, fingerprint)
-            except IdempotencyConflict as exc:
-                results[i] = exc
-            continue
-        account = locked.get(event.contact_id)
+        account = settled_already(results, i, event, fingerprint, first, seen, locked)
         if account is None:
-            results[i] = AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
             continue
         account_id = account["id"]
         order = orders.get((account_id, event.order_id))
