@@ -261,5 +261,5 @@ def test_command_line_output_and_exit_codes(deploy) -> None:  # type: ignore[no-
     assert "\t" not in "".join(table) and "\x1b" not in "".join(table)
     assert any("tab\\there\\nnew\\x1b[31mred" in line for line in table), table
     columns = [re.split(r" {2,}", line.strip()) for line in table]
-    assert {len(c) for c in columns} == {6}, columns
+    assert {len(c) for c in columns} == {7}, columns  # `reversed` is a column too
     assert json.loads(env.cli("accounts", "list", "--json").stdout)["items"]

@@ -60,15 +60,20 @@ def test_postgres_restart_mid_stream(deploy, private_postgres: PrivatePostgres) 
     stream = Stream(contacts=30, orders=300, seed=21)
     stream.publish(env, stream.signups)
     wait_for(lambda: processed(env) >= len(stream.signups), 60, "the signups")
-    stream.publish(env, stream.messages[len(stream.signups):])
+    orders = stream.messages[len(stream.signups):]
+    stream.publish(env, orders[:60])
     wait_for(lambda: processed(env) > len(stream.signups) + 30, 60, "some orders")
     private_postgres.stop("fast")  # every connection is cut
+    # The rest arrive while it is down, so the worker surely meets the outage (a fast
+    # worker could otherwise apply the whole stream before the stop).
+    stream.publish(env, orders[60:])
     time.sleep(3)  # messages keep arriving and fail while it is down
     private_postgres.start()
     wait_for(lambda: processed(env) == stream.distinct_events, 180, "every event")
     wait_for(lambda: env.broker.pending() == 0, 60, "the queues to drain")
     assert worker.alive(), "the worker must recover without a restart of its own"
-    assert any(r.get("msg") == "not applied yet, retrying" for r in worker.logs()), \
+    noticed = {"not applied yet, retrying", "batch failed, requeueing its messages"}
+    assert any(r.get("msg") in noticed for r in worker.logs()), \
         "the outage was never noticed: the test did not test anything"
     assert balances(env) == stream.expected
     assert env.cli_json("verify")["ok"]
