@@ -93,6 +93,16 @@ class RewardNotFound(LoyaltyError):
     reason = "reward_not_found"
 
 
+class ProgramError(LoyaltyError):
+    """A program settings change refused: another change came first (revision)."""
+
+    reason = "invalid_program"
+
+
+class InvalidProgram(ProgramError):
+    """Program settings outside their bounds (`loyalty.program`)."""
+
+
 class RedemptionNotFound(LoyaltyError):
     reason = "redemption_not_found"
 

@@ -29,6 +29,8 @@ APP_WRITES: dict[str, str] = {
     "rewards": "INSERT, UPDATE",
     "redemptions": "INSERT, UPDATE (status, refund_entry_id, refunded_at)",
     "dead_letters": "INSERT, UPDATE",
+    # The one program row (0011): `loyalty program set` changes it, nobody adds one.
+    "program": "UPDATE",
     "message_crashes": "INSERT, UPDATE",
     # Outgoing events (0010): only the ledger's triggers (SECURITY DEFINER) insert events;
     # the relay marks them delivered and prunes delivered ones (a trigger refuses deleting

@@ -28,6 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+#: Inactivity expiration takes 1 to 12 months and a percentage; lots take 1 to 60 months.
+PROGRAM_EXPIRATION_CHECK = (
+    "expiration_mode = 'off'"
+    " OR (expiration_mode = 'inactivity' AND expiration_months BETWEEN 1 AND 12"
+    " AND expiration_percentage IS NOT NULL)"
+    " OR (expiration_mode = 'lots' AND expiration_months IS NOT NULL)")
+
 #: An activity event's EARN names its activity (its rule's, by foreign key); otherwise only
 #: a staff EARN (no event) carries an activity (0008); a reference only on an activity's.
 ACTIVITY_EARN_CHECK = ("(event_type IS DISTINCT FROM 'activity' OR activity IS NOT NULL)"
@@ -545,6 +552,30 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_status_id", "status", "id"),
 )
 
+#: The program's settings (migration 0011): one row, edited with `loyalty program set`,
+#: its bounds those of `loyalty.program`, checked here again for any writer.
+program = Table(
+    "program",
+    metadata,
+    Column("id", Integer, primary_key=True, server_default="1"),
+    Column("pending_days", Integer, nullable=False, server_default="0"),
+    Column("expiration_mode", Text, nullable=False, server_default="off"),
+    Column("expiration_months", Integer, nullable=True),
+    Column("expiration_percentage", Integer, nullable=True),
+    Column("tiers_status", Text, nullable=False, server_default="DISABLED"),
+    Column("rolling_window_months", Integer, nullable=False, server_default="12"),
+    Column("revision", BigInteger, nullable=False, server_default="1"),
+    _ts("updated_at"),
+    CheckConstraint("id = 1", name="one_row"),
+    CheckConstraint("pending_days BETWEEN 0 AND 90", name="pending_days_range"),
+    CheckConstraint(PROGRAM_EXPIRATION_CHECK, name="expiration_shape"),
+    CheckConstraint("expiration_months BETWEEN 1 AND 60", name="expiration_months_range"),
+    CheckConstraint("expiration_percentage BETWEEN 1 AND 100", name="expiration_percentage_range"),
+    CheckConstraint("tiers_status IN ('ACTIVE', 'PAUSED', 'DISABLED')", name="tiers_status_known"),
+    CheckConstraint("rolling_window_months BETWEEN 1 AND 36", name="rolling_window_range"),
+    CheckConstraint("revision >= 1", name="revision_positive"),
+)
+
 __all__ = [
     "accounts",
     "contacts",
@@ -557,6 +588,7 @@ __all__ = [
     "order_refunds",
     "outbox_events",
     "processed_events",
+    "program",
     "redemptions",
     "rewards",
     "staff_requests",

@@ -22,6 +22,7 @@ from loyalty.cli import (
 from loyalty.cli.output import error_line
 from loyalty.errors import (
     InvalidPayload,
+    InvalidProgram,
     InvalidReward,
     InvalidRule,
     LoyaltyError,
@@ -38,7 +39,8 @@ def cli() -> None:
 
 for _command in (schema.db_group, serve.worker_command, publish.publish_group,
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
-                 rules.rules_group, program.totals, program.verify, program.events_group,
+                 rules.rules_group, program.program_group, program.totals, program.verify,
+                 program.events_group,
                  dead_letters.dlq_group, staff.earn, staff.redeem, staff.refund_transaction,
                  rewards.rewards_group, rewards.redemptions_group, webhooks.webhooks_group,
                  operations.health_command, operations.relay_command):
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     except NotMigratedError as exc:
         error_line(str(exc))
         sys.exit(3)
-    except (InvalidPayload, InvalidCursor, InvalidRule, InvalidReward) as exc:
+    except (InvalidPayload, InvalidCursor, InvalidRule, InvalidReward,
+            InvalidProgram) as exc:
         error_line(str(exc))
         sys.exit(2)
     except LoyaltyError as exc:

@@ -1,4 +1,4 @@
-"""Program-wide commands: `loyalty totals`, `loyalty verify` and `loyalty events`."""
+"""Program-wide commands: `loyalty program`, `totals`, `verify` and `events`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,59 @@ from typing import Any
 
 import click
 
-from loyalty.cli.context import Context, pass_ctx
+from loyalty.cli.context import ROW_ID, Context, pass_ctx
 from loyalty.cli.output import JSON_HELP, Columns, emit, table
+from loyalty.program import EXPIRATION_MODES, TIER_STATUSES
+
+
+@click.group("program")
+def program_group() -> None:
+    """Program settings: pending points, expiration, tiers."""
+
+
+def _settings_text(s: dict[str, Any]) -> str:
+    e, t = s["expiration"], s["tiers"]
+    return "\n".join([
+        f"pending_days: {s['pending_days']}",
+        f"expiration: {e['mode']} (months {e['months']}, percentage {e['percentage']})",
+        f"tiers: {t['status']} (rolling window {t['rolling_window_months']} months)",
+        f"revision: {s['revision']}",
+    ])
+
+
+@program_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def program_show(ctx: Context, as_json: bool) -> None:
+    """Show the program settings and their revision."""
+    emit(ctx.ledger().show_program(), as_json, _settings_text)
+
+
+@program_group.command("set")
+@click.option("--pending-days", type=int, help="Days an order's points wait (0 to 90).")
+@click.option("--expiration-mode", type=click.Choice(EXPIRATION_MODES))
+@click.option("--expiration-months", type=int,
+              help="Inactivity: 1 to 12 months; lots: 1 to 60 months.")
+@click.option("--expiration-percentage", type=int,
+              help="Inactivity: the share of the balance that expires (1 to 100).")
+@click.option("--tiers-status", type=click.Choice(TIER_STATUSES))
+@click.option("--rolling-window-months", type=int, help="Tier points window (1 to 36).")
+@click.option("--revision", type=ROW_ID, help="Refuse unless the program is at this revision.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def program_set(ctx: Context, pending_days: int | None, expiration_mode: str | None,
+                expiration_months: int | None, expiration_percentage: int | None,
+                tiers_status: str | None, rolling_window_months: int | None,
+                revision: int | None, as_json: bool) -> None:
+    """Change program settings; the revision goes up by one."""
+    given = {"pending_days": pending_days, "expiration_mode": expiration_mode,
+             "expiration_months": expiration_months,
+             "expiration_percentage": expiration_percentage, "tiers_status": tiers_status,
+             "rolling_window_months": rolling_window_months}
+    if all(v is None for v in given.values()):
+        raise click.UsageError("give at least one setting to change")
+    emit(ctx.ledger().set_program(expected_revision=revision, **given), as_json,
+         _settings_text)
 
 
 @click.command("totals")

@@ -27,6 +27,7 @@ from loyalty.ledger import (
     granting,
     operations,
     outbox,
+    program,
     redeeming,
     rewards,
     verify,
@@ -112,6 +113,15 @@ class Ledger:
                       **changes: Any) -> dict[str, Any]:
         return rewards.update_reward(self.engine, reward_id, expected_revision=expected_revision,
                                      **changes)
+
+    # -- program settings --------------------------------------------------------------
+
+    def show_program(self) -> dict[str, Any]:
+        return program.show_program(self.engine)
+
+    def set_program(self, *, expected_revision: int | None = None,
+                    **changes: Any) -> dict[str, Any]:
+        return program.set_program(self.engine, expected_revision=expected_revision, **changes)
 
     # -- accounts and what happened to them --------------------------------------------
 
