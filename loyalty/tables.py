@@ -576,6 +576,31 @@ program = Table(
     CheckConstraint("revision >= 1", name="revision_positive"),
 )
 
+#: A credit's points until they are used up (migration 0011): the ledger's trigger
+#: `ledger_entries_lots` writes and consumes lots; a deferred trigger holds the remaining
+#: points of an account's available lots equal to its balance.
+point_lots = Table(
+    "point_lots",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
+    #: NULL for a balance that was there before lots (one opening lot per account).
+    Column("entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"), nullable=True,
+           unique=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
+    Column("status", Text, nullable=False, server_default="available"),
+    Column("available_at", DateTime(timezone=True), nullable=False),
+    _ts("created_at"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("remaining BETWEEN 0 AND amount", name="remaining_range"),
+    CheckConstraint("status IN ('pending', 'available')", name="status_known"),
+    Index("ix_point_lots_open", "account_id", "available_at", "id",
+          postgresql_where=text("remaining > 0")),
+    Index("ix_point_lots_open_since", "available_at",
+          postgresql_where=text("remaining > 0 AND status = 'available'")),
+)
+
 __all__ = [
     "accounts",
     "contacts",
@@ -587,6 +612,7 @@ __all__ = [
     "metadata",
     "order_refunds",
     "outbox_events",
+    "point_lots",
     "processed_events",
     "program",
     "redemptions",

@@ -241,3 +241,19 @@ LIFECYCLE_EVENT_CHECKS = {
           AND e.activity IS DISTINCT FROM r.activity""",
 }
 CHECKS.update(LIFECYCLE_EVENT_CHECKS)
+
+#: Point lots (migration 0011): what the available lots hold is the balance, and no lot
+#: holds less than nothing or more than it was given.
+LOT_CHECKS = {
+    "lots_equal_balance": """
+        SELECT a.id AS account_id, a.balance, COALESCE(s.held, 0) AS lots_remaining
+        FROM accounts a LEFT JOIN (
+            SELECT account_id, sum(remaining) AS held FROM point_lots
+            WHERE status = 'available' GROUP BY account_id
+        ) s ON s.account_id = a.id
+        WHERE a.balance <> COALESCE(s.held, 0)""",
+    "lot_remaining_in_range": """
+        SELECT id AS lot_id, account_id, amount, remaining FROM point_lots
+        WHERE remaining < 0 OR remaining > amount""",
+}
+CHECKS.update(LOT_CHECKS)

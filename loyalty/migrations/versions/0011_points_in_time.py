@@ -1,8 +1,18 @@
-"""Points in time: program settings.
+"""Points in time: program settings and point lots.
 
 - `program`: one row (`id = 1`), its bounds CHECKed as `loyalty.program` validates
   them, its revision moved by exactly one per change (`loyalty_revision_step`, as rules
   and rewards), so `loyalty program set --revision` cannot lose a concurrent change.
+- `point_lots`: every credit (EARN, positive ADJUST, REFUND) is a lot; every debit
+  (REDEEM, negative ADJUST, REVERSE, EXPIRE) uses lots up, oldest first (with one
+  expiration period for all lots, the oldest is the soonest to expire). The statement
+  trigger `ledger_entries_lots` does both for a whole INSERT at once, from its transition
+  table, so no writer of entries knows about lots and a batch costs two statements.
+  It is SECURITY DEFINER: the application role can read lots but write none.
+- At COMMIT (`point_lots_match_balance`, deferred, for every account whose balance or
+  lots changed) the remaining points of an account's available lots add up to its
+  balance; CHECKs keep every lot's remaining within 0 and its amount.
+- Existing balances become one opening lot each, available from the upgrade.
 
 Revision ID: 0011
 Revises: 0010
@@ -22,6 +32,64 @@ PROGRAM_EXPIRATION_CHECK = (
     " OR (expiration_mode = 'inactivity' AND expiration_months BETWEEN 1 AND 12"
     " AND expiration_percentage IS NOT NULL)"
     " OR (expiration_mode = 'lots' AND expiration_months IS NOT NULL)")
+
+SAFE = "SET search_path = pg_catalog, pg_temp"
+
+FUNCTIONS = [
+    # Credits become lots; then each account's debits, summed, use up its lots oldest
+    # first (a running total over the lots says how much each one gives).
+    f"""
+    CREATE OR REPLACE FUNCTION public.loyalty_ledger_lots() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER {SAFE} AS $$
+    BEGIN
+        INSERT INTO public.point_lots (account_id, entry_id, amount, remaining, available_at)
+        SELECT n.account_id, n.id, n.amount, n.amount, n.created_at
+        FROM new_entries n WHERE n.amount > 0
+        ORDER BY n.seq;
+        WITH debit AS (
+            SELECT account_id, -sum(amount) AS points FROM new_entries
+            WHERE amount < 0 GROUP BY account_id
+        ), ranked AS (
+            SELECT l.id, l.remaining, d.points,
+                   sum(l.remaining) OVER (PARTITION BY l.account_id
+                                          ORDER BY l.available_at, l.id) AS upto
+            FROM public.point_lots l JOIN debit d ON d.account_id = l.account_id
+            WHERE l.remaining > 0 AND l.status = 'available'
+        )
+        UPDATE public.point_lots l
+        SET remaining = l.remaining - LEAST(r.remaining, r.points - (r.upto - r.remaining))
+        FROM ranked r
+        WHERE l.id = r.id AND r.upto - r.remaining < r.points;
+        RETURN NULL;
+    END $$
+    """,
+    # Deferred, per account whose balance or lots changed: at COMMIT its available lots
+    # hold exactly its balance.
+    f"""
+    CREATE OR REPLACE FUNCTION public.loyalty_lots_match_balance() RETURNS trigger
+    LANGUAGE plpgsql {SAFE} AS $$
+    DECLARE
+        account uuid;
+        balance bigint;
+        held bigint;
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            account := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
+        ELSE
+            account := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
+        END IF;
+        SELECT a.balance INTO balance FROM public.accounts a WHERE a.id = account;
+        SELECT COALESCE(sum(l.remaining), 0) INTO held FROM public.point_lots l
+        WHERE l.account_id = account AND l.status = 'available';
+        IF balance IS DISTINCT FROM held THEN
+            RAISE EXCEPTION 'account % has a balance of % but its available lots hold %',
+                account, balance, held
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'point_lots_match_balance';
+        END IF;
+        RETURN NULL;
+    END $$
+    """,
+]
 
 
 def upgrade() -> None:
@@ -57,6 +125,57 @@ def upgrade() -> None:
         CREATE TRIGGER program_revision_step BEFORE UPDATE ON program
             FOR EACH ROW EXECUTE FUNCTION public.loyalty_revision_step()""")
 
+    op.create_table(
+        "point_lots",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("account_id", sa.UUID(), nullable=False),
+        sa.Column("entry_id", sa.UUID(), nullable=True),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("remaining", sa.BigInteger(), nullable=False),
+        sa.Column("status", sa.Text(), server_default="available", nullable=False),
+        sa.Column("available_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
+                  nullable=False),
+        sa.CheckConstraint("amount > 0", name=op.f("ck_point_lots_amount_positive")),
+        sa.CheckConstraint("remaining BETWEEN 0 AND amount",
+                           name=op.f("ck_point_lots_remaining_range")),
+        sa.CheckConstraint("status IN ('pending', 'available')",
+                           name=op.f("ck_point_lots_status_known")),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"],
+                                name=op.f("fk_point_lots_account_id_accounts")),
+        sa.ForeignKeyConstraint(["entry_id"], ["ledger_entries.id"],
+                                name=op.f("fk_point_lots_entry_id_ledger_entries")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_point_lots")),
+        sa.UniqueConstraint("entry_id", name=op.f("uq_point_lots_entry_id")),
+    )
+    op.create_index("ix_point_lots_open", "point_lots", ["account_id", "available_at", "id"],
+                    postgresql_where=sa.text("remaining > 0"))
+    op.create_index("ix_point_lots_open_since", "point_lots", ["available_at"],
+                    postgresql_where=sa.text("remaining > 0 AND status = 'available'"))
+    op.execute("INSERT INTO point_lots (account_id, amount, remaining, available_at)"
+               " SELECT id, balance, balance, now() FROM accounts WHERE balance > 0 ORDER BY id")
+    for statement in FUNCTIONS:
+        op.execute(statement)
+    # After `ledger_entries_checked` (0007), which locks the accounts, in name order.
+    op.execute("""
+        CREATE TRIGGER ledger_entries_lots AFTER INSERT ON ledger_entries
+            REFERENCING NEW TABLE AS new_entries
+            FOR EACH STATEMENT EXECUTE FUNCTION public.loyalty_ledger_lots()""")
+    op.execute("""
+        CREATE CONSTRAINT TRIGGER point_lots_match_balance
+            AFTER INSERT OR UPDATE OR DELETE ON point_lots DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION public.loyalty_lots_match_balance('account_id')""")
+    op.execute("""
+        CREATE CONSTRAINT TRIGGER accounts_balance_matches_lots
+            AFTER UPDATE OF balance ON accounts DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (OLD.balance IS DISTINCT FROM NEW.balance)
+            EXECUTE FUNCTION public.loyalty_lots_match_balance('id')""")
+
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER accounts_balance_matches_lots ON accounts")
+    op.execute("DROP TRIGGER ledger_entries_lots ON ledger_entries")
+    op.drop_table("point_lots")
+    op.execute("DROP FUNCTION public.loyalty_lots_match_balance()")
+    op.execute("DROP FUNCTION public.loyalty_ledger_lots()")
     op.drop_table("program")
