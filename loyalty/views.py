@@ -41,7 +41,19 @@ def account_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "created_at": _ts(row["created_at"]),
         "updated_at": _ts(row["updated_at"]),
         "last_activity_at": _ts(row["last_activity_at"]),
+        **_expiration(row),
     }
+
+
+def _expiration(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """`points_expiration` where the row was read with it (statements.ACCOUNT): reads of an
+    account show it; results that snapshot an account as a write left it do not."""
+    if "expiration_date" not in row:
+        return {}
+    if row["expiration_date"] is None or not row["expiring_points"]:
+        return {"points_expiration": None}
+    return {"points_expiration": {"expiration_date": _ts(row["expiration_date"]),
+                                  "expiring_points": int(row["expiring_points"])}}
 
 
 def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:

@@ -411,6 +411,16 @@ class ReplayRequest(Contract):
         return self
 
 
+class ExpirePointsRequest(Contract):
+    """Payload of `loyalty.program.expire_points` (periodic, queue `loyalty.admin`): expire
+    what is due at `as_of` (default: now), so operators can backfill and tests can move
+    the clock. Idempotent: the same moment twice expires nothing twice."""
+
+    model_config = ConfigDict(title="loyalty.program.expire_points")
+
+    as_of: Timestamp | None = None
+
+
 #: Events per bulk message: big enough to amortise a message, small enough for one batch.
 BULK_MAX_EVENTS = 1000
 
@@ -464,6 +474,7 @@ TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.accounts.redeem_points": (ADMIN_QUEUE, RedeemPointsRequest),
     "loyalty.accounts.refund_transaction": (ADMIN_QUEUE, RefundTransactionRequest),
     "loyalty.deadletters.replay": (ADMIN_QUEUE, ReplayRequest),
+    "loyalty.program.expire_points": (ADMIN_QUEUE, ExpirePointsRequest),
 }
 
 #: Payload model -> its task's name: code names a task by its contract, not by a string.

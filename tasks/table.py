@@ -26,6 +26,7 @@ from schemas.events import (
     Contract,
     CreateAccountRequest,
     EarnPointsRequest,
+    ExpirePointsRequest,
     OrderCompletedEvent,
     OrderRefundedEvent,
     RedeemPointsRequest,
@@ -33,7 +34,7 @@ from schemas.events import (
     ReplayRequest,
     SignupEvent,
 )
-from tasks import accounts, deadletters, events
+from tasks import accounts, deadletters, events, program
 
 #: A handler applies one parsed payload: `(ledger, payload) -> result`. It raises a
 #: `LoyaltyError` for what cannot be applied; the outcome policy does the rest.
@@ -84,6 +85,8 @@ TABLE: tuple[Task, ...] = (
     Task(RefundTransactionRequest, accounts.refund_transaction, answers=True,
          on_dead_letter=accounts.rejected, replayable=False),
     Task(ReplayRequest, deadletters.replay, answers=True, replayable=False),
+    # Periodic (`loyalty beat`); idempotent, so a dead letter is simply the next run's work.
+    Task(ExpirePointsRequest, program.expire_points, answers=True, replayable=False),
 )
 
 BY_NAME: dict[str, Task] = {task.name: task for task in TABLE}

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, func, select
 from loyalty import views
 from loyalty.errors import AccountNotFound, InvalidPayload
 from loyalty.ledger.boundary import read
-from loyalty.ledger.statements import ACCOUNT
+from loyalty.ledger.statements import ACCOUNT, ACCOUNT_ROW
 from loyalty.tables import accounts, contacts, ledger_entries, order_refunds, processed_events
 
 POINTS = ("balance", "earned", "adjusted", "redeemed", "expired", "reversed")
@@ -22,7 +22,7 @@ POINTS = ("balance", "earned", "adjusted", "redeemed", "expired", "reversed")
 def lock_account(conn: Connection, *, account_id: UUID | None = None,
                  contact_id: str | None = None) -> Mapping[Any, Any] | None:
     """The account, locked until the transaction ends: it serialises its writers."""
-    query = ACCOUNT.with_for_update(of=accounts)
+    query = ACCOUNT_ROW.with_for_update(of=accounts)
     if account_id is not None:
         query = query.where(accounts.c.id == account_id)
     else:

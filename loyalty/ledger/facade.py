@@ -24,6 +24,7 @@ from loyalty.ledger import (
     earn_rules,
     earning,
     enrolment,
+    expiring,
     granting,
     operations,
     outbox,
@@ -122,6 +123,9 @@ class Ledger:
     def set_program(self, *, expected_revision: int | None = None,
                     **changes: Any) -> dict[str, Any]:
         return program.set_program(self.engine, expected_revision=expected_revision, **changes)
+
+    def expire_points(self, as_of: datetime) -> dict[str, Any]:
+        return expiring.expire_points(self.engine, as_of)
 
     # -- accounts and what happened to them --------------------------------------------
 

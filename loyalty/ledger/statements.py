@@ -10,14 +10,38 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Label, literal_column, select
 
 from loyalty.tables import accounts, contacts
 
-#: An account with its contact's member_id, as reads and locks return it.
-ACCOUNT = select(accounts, contacts.c.member_id).join(
+#: The next expiration, as Wix shows it (migration 0011): in `lots` mode the oldest
+#: available lot's, with every lot that became available on the same UTC day; in
+#: `inactivity` mode the last activity's plus the months, for the percentage of the
+#: balance that the job would take (rounded down, as `expiring.inactivity_points`).
+EXPIRATION_DATE: Label[Any] = literal_column(
+    "(SELECT CASE p.expiration_mode"
+    " WHEN 'lots' THEN (SELECT min(l.available_at) FROM point_lots l"
+    "  WHERE l.account_id = accounts.id AND l.remaining > 0 AND l.status = 'available')"
+    "  + make_interval(months => p.expiration_months)"
+    " WHEN 'inactivity' THEN CASE WHEN accounts.balance * p.expiration_percentage / 100 > 0"
+    "  THEN accounts.last_activity_at + make_interval(months => p.expiration_months) END"
+    " END FROM program p WHERE p.id = 1)").label("expiration_date")
+EXPIRING_POINTS: Label[Any] = literal_column(
+    "(SELECT CASE p.expiration_mode"
+    " WHEN 'lots' THEN (SELECT sum(l.remaining) FROM point_lots l"
+    "  WHERE l.account_id = accounts.id AND l.remaining > 0 AND l.status = 'available'"
+    "  AND date_trunc('day', l.available_at AT TIME ZONE 'UTC')"
+    "  = (SELECT date_trunc('day', min(f.available_at) AT TIME ZONE 'UTC') FROM point_lots f"
+    "     WHERE f.account_id = accounts.id AND f.remaining > 0 AND f.status = 'available'))"
+    " WHEN 'inactivity' THEN accounts.balance * p.expiration_percentage / 100"
+    " END FROM program p WHERE p.id = 1)").label("expiring_points")
+
+#: An account with its contact's member_id, as writers lock it.
+ACCOUNT_ROW = select(accounts, contacts.c.member_id).join(
     contacts, contacts.c.contact_id == accounts.c.contact_id
 )
+#: An account as reads show it: with its next expiration.
+ACCOUNT = ACCOUNT_ROW.add_columns(EXPIRATION_DATE, EXPIRING_POINTS)
 
 
 def set_based(sql: str) -> str:
