@@ -44,20 +44,25 @@ LOTS_DUE = set_based(
 INACTIVE_DUE = set_based(
     "SELECT id FROM accounts WHERE balance > 0"
     " AND last_activity_at <= CAST(:cutoff AS timestamptz) ORDER BY id")
+#: Joins with `unnest` rather than `= ANY(:array)`: a prepared statement keeps a generic
+#: plan, and for `= ANY` that plan can be a scan that grows with the table (statements.py).
 LOCK = set_based(
-    "SELECT id, balance, revision, last_activity_at FROM accounts"
-    " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE")
+    "SELECT a.id, a.balance, a.revision, a.last_activity_at"
+    " FROM unnest(CAST(:ids AS uuid[])) AS k(id) JOIN accounts a ON a.id = k.id"
+    " ORDER BY a.id FOR UPDATE OF a")
 EXPIRING_LOTS = set_based(
-    "SELECT id, account_id, remaining, available_at FROM point_lots"
-    " WHERE account_id = ANY(CAST(:ids AS uuid[])) AND status = 'available' AND remaining > 0"
-    " AND available_at <= CAST(:cutoff AS timestamptz)"
-    " ORDER BY account_id, available_at, id")
+    "SELECT l.id, l.account_id, l.remaining, l.available_at"
+    " FROM unnest(CAST(:ids AS uuid[])) AS k(id) JOIN point_lots l ON l.account_id = k.id"
+    " AND l.status = 'available' AND l.remaining > 0"
+    " AND l.available_at <= CAST(:cutoff AS timestamptz)"
+    " ORDER BY l.account_id, l.available_at, l.id")
 INACTIVE_ACCOUNTS = set_based(
-    "SELECT id, balance, last_activity_at FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))"
-    " AND balance > 0 AND last_activity_at <= CAST(:cutoff AS timestamptz)")
+    "SELECT a.id, a.balance, a.last_activity_at"
+    " FROM unnest(CAST(:ids AS uuid[])) AS k(id) JOIN accounts a ON a.id = k.id"
+    " WHERE a.balance > 0 AND a.last_activity_at <= CAST(:cutoff AS timestamptz)")
 KEYS_TAKEN = set_based(
-    "SELECT idempotency_key FROM ledger_entries"
-    " WHERE idempotency_key = ANY(CAST(:keys AS text[]))")
+    "SELECT e.idempotency_key FROM unnest(CAST(:keys AS text[])) AS k(key)"
+    " JOIN ledger_entries e ON e.idempotency_key = k.key AND e.event_id IS NULL")
 #: The account's last activity does not move: expiring is not activity.
 DEBIT_EXPIRED = set_based(
     "UPDATE accounts a SET balance = a.balance - d.points, expired = a.expired + d.points,"

@@ -79,8 +79,9 @@ FUNCTIONS = [
             account := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
         END IF;
         SELECT a.balance INTO balance FROM public.accounts a WHERE a.id = account;
+        -- `remaining > 0`: what is used up adds nothing, and the partial index has the rest.
         SELECT COALESCE(sum(l.remaining), 0) INTO held FROM public.point_lots l
-        WHERE l.account_id = account AND l.status = 'available';
+        WHERE l.account_id = account AND l.remaining > 0 AND l.status = 'available';
         IF balance IS DISTINCT FROM held THEN
             RAISE EXCEPTION 'account % has a balance of % but its available lots hold %',
                 account, balance, held
