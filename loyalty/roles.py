@@ -29,6 +29,9 @@ APP_WRITES: dict[str, str] = {
     "rewards": "INSERT, UPDATE",
     "redemptions": "INSERT, UPDATE (status, refund_entry_id, refunded_at)",
     "dead_letters": "INSERT, UPDATE",
+    # Lots (0011): the ledger's trigger writes available ones; the worker adds an order's
+    # pending lot and cancels what a refund takes of it (the balance check covers the rest).
+    "point_lots": "INSERT, UPDATE (remaining)",
     # The one program row (0011): `loyalty program set` changes it, nobody adds one.
     "program": "UPDATE",
     "message_crashes": "INSERT, UPDATE",

@@ -292,7 +292,7 @@ processed_events = Table(
     CheckConstraint(
         "outcome IN ('earned', 'duplicate_order', 'duplicate_order_changed', 'already_signed_up',"
         " 'no_points', 'no_rule', 'duplicate_activity', 'reversed', 'refund_recorded',"
-        " 'duplicate_refund')",
+        " 'duplicate_refund', 'pending')",
         name="outcome_known",
     ),
     CheckConstraint("(outcome IN ('earned', 'reversed')) = (ledger_entry_id IS NOT NULL AND points > 0)",
@@ -321,13 +321,15 @@ order_refunds = Table(
     Column("due", BigInteger, nullable=False),
     Column("taken", BigInteger, nullable=False),
     Column("shortfall", BigInteger, nullable=False),
+    #: What a refund cancelled of the order's pending points (0011): no entry needed.
+    Column("cancelled", BigInteger, nullable=False, server_default="0"),
     _ts("created_at"),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
-    CheckConstraint("due >= 0 AND taken >= 0 AND shortfall >= 0 AND due = taken + shortfall",
-                    name="due_adds_up"),
+    CheckConstraint("due >= 0 AND taken >= 0 AND shortfall >= 0 AND cancelled >= 0"
+                    " AND due = taken + shortfall + cancelled", name="due_adds_up"),
     CheckConstraint("(taken > 0) = (reverse_entry_id IS NOT NULL)", name="taken_has_entry"),
-    CheckConstraint("earn_entry_id IS NOT NULL OR due = 0", name="due_has_earn"),
+    CheckConstraint("earn_entry_id IS NOT NULL OR due = cancelled", name="due_has_earn"),
 )
 
 #: First result of every staff request (adjust, create, earn, redeem, refund) by
@@ -591,8 +593,22 @@ point_lots = Table(
     Column("remaining", BigInteger, nullable=False),
     Column("status", Text, nullable=False, server_default="available"),
     Column("available_at", DateTime(timezone=True), nullable=False),
+    #: An order's pending lot (0011) keeps what its EARN will say when it becomes available.
+    Column("order_id", Text, nullable=True),
+    Column("event_id", Text, nullable=True),
+    Column("rule_id", BigInteger, nullable=True),
+    Column("rule_revision", BigInteger, nullable=True),
+    Column("order_total", Numeric(18, 4), nullable=True),
+    Column("currency", Text, nullable=True),
     _ts("created_at"),
     CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("status <> 'pending' OR (entry_id IS NULL AND order_id IS NOT NULL"
+                    " AND event_id IS NOT NULL AND rule_id IS NOT NULL"
+                    " AND rule_revision IS NOT NULL)", name="pending_shape"),
+    Index("uq_point_lots_one_order", "account_id", "order_id", unique=True,
+          postgresql_where=text("order_id IS NOT NULL")),
+    Index("ix_point_lots_pending_until", "available_at",
+          postgresql_where=text("remaining > 0 AND status = 'pending'")),
     CheckConstraint("remaining BETWEEN 0 AND amount", name="remaining_range"),
     CheckConstraint("status IN ('pending', 'available')", name="status_known"),
     Index("ix_point_lots_open", "account_id", "available_at", "id",

@@ -36,6 +36,8 @@ def account_json(row: Mapping[Any, Any]) -> dict[str, Any]:
             "redeemed": row["redeemed"],
             "expired": row["expired"],
             "reversed": row["reversed"],
+            # Reads only (statements.ACCOUNT), as points_expiration.
+            **({"pending": int(row["pending_points"])} if "pending_points" in row else {}),
         },
         "revision": row["revision"],
         "created_at": _ts(row["created_at"]),

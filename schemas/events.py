@@ -411,6 +411,15 @@ class ReplayRequest(Contract):
         return self
 
 
+class ActivatePointsRequest(Contract):
+    """Payload of `loyalty.program.activate_points` (periodic, queue `loyalty.admin`): make
+    available the pending points due at `as_of` (default: now). Idempotent."""
+
+    model_config = ConfigDict(title="loyalty.program.activate_points")
+
+    as_of: Timestamp | None = None
+
+
 class ExpirePointsRequest(Contract):
     """Payload of `loyalty.program.expire_points` (periodic, queue `loyalty.admin`): expire
     what is due at `as_of` (default: now), so operators can backfill and tests can move
@@ -474,6 +483,7 @@ TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.accounts.redeem_points": (ADMIN_QUEUE, RedeemPointsRequest),
     "loyalty.accounts.refund_transaction": (ADMIN_QUEUE, RefundTransactionRequest),
     "loyalty.deadletters.replay": (ADMIN_QUEUE, ReplayRequest),
+    "loyalty.program.activate_points": (ADMIN_QUEUE, ActivatePointsRequest),
     "loyalty.program.expire_points": (ADMIN_QUEUE, ExpirePointsRequest),
 }
 

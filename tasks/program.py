@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from loyalty.ledger import Ledger
-    from schemas.events import ExpirePointsRequest
+    from schemas.events import ActivatePointsRequest, ExpirePointsRequest
 
 
 def _moment(as_of: datetime | None) -> datetime:
@@ -17,3 +17,7 @@ def _moment(as_of: datetime | None) -> datetime:
 
 def expire_points(ledger: Ledger, request: ExpirePointsRequest) -> dict[str, Any]:
     return ledger.expire_points(_moment(request.as_of))
+
+
+def activate_points(ledger: Ledger, request: ActivatePointsRequest) -> dict[str, Any]:
+    return ledger.activate_points(_moment(request.as_of))

@@ -20,6 +20,7 @@ from typing import Any
 from schemas.events import (
     TASK_OF,
     TASKS,
+    ActivatePointsRequest,
     ActivityEvent,
     AdjustPointsRequest,
     BulkEvents,
@@ -86,6 +87,7 @@ TABLE: tuple[Task, ...] = (
          on_dead_letter=accounts.rejected, replayable=False),
     Task(ReplayRequest, deadletters.replay, answers=True, replayable=False),
     # Periodic (`loyalty beat`); idempotent, so a dead letter is simply the next run's work.
+    Task(ActivatePointsRequest, program.activate_points, answers=True, replayable=False),
     Task(ExpirePointsRequest, program.expire_points, answers=True, replayable=False),
 )
 

@@ -40,7 +40,7 @@ def cli() -> None:
 for _command in (schema.db_group, serve.worker_command, publish.publish_group,
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
                  rules.rules_group, program.program_group, program.totals, program.verify,
-                 program.events_group,
+                 program.events_group, program.pending_group,
                  dead_letters.dlq_group, staff.earn, staff.redeem, staff.refund_transaction,
                  rewards.rewards_group, rewards.redemptions_group, webhooks.webhooks_group,
                  operations.health_command, operations.relay_command):

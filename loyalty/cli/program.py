@@ -95,7 +95,7 @@ def events_group() -> None:
 
 EVENT_OUTCOMES = ("earned", "duplicate_order", "duplicate_order_changed", "already_signed_up",
                   "no_points", "no_rule", "duplicate_activity", "reversed", "refund_recorded",
-                  "duplicate_refund")
+                  "duplicate_refund", "pending")
 
 EVENT_COLUMNS: Columns = [
     ("processed_at", lambda e: e["processed_at"]),
@@ -124,3 +124,30 @@ def events_list(ctx: Context, contact_id: str | None, outcome: str | None, limit
     result = ctx.ledger().list_events(contact_id=contact_id, outcome=outcome, limit=limit,
                                       cursor=cursor)
     emit(result, as_json, lambda r: table(r["items"], EVENT_COLUMNS, r["next_cursor"]))
+
+
+@click.group("pending")
+def pending_group() -> None:
+    """Points of orders still waiting out the program's pending_days."""
+
+
+PENDING_COLUMNS: Columns = [
+    ("available_at", lambda p: p["available_at"]),
+    ("order_id", lambda p: p["order_id"]),
+    ("points", lambda p: p["points"]),
+    ("earned", lambda p: p["earned"]),
+    ("event_id", lambda p: p["event_id"]),
+]
+
+
+@pending_group.command("list")
+@click.option("--account-id", type=click.UUID)
+@click.option("--contact-id")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def pending_list(ctx: Context, account_id: Any, contact_id: str | None, as_json: bool) -> None:
+    """An account's pending points, soonest available first."""
+    if (account_id is None) == (contact_id is None):
+        raise click.UsageError("give --account-id or --contact-id")
+    result = ctx.ledger().list_pending(account_id=account_id, contact_id=contact_id)
+    emit(result, as_json, lambda r: table(r["items"], PENDING_COLUMNS))

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from loyalty.errors import LoyaltyError
 from loyalty.ledger import (
     accounts,
+    activating,
     adjusting,
     boundary,
     crashes,
@@ -123,6 +124,13 @@ class Ledger:
     def set_program(self, *, expected_revision: int | None = None,
                     **changes: Any) -> dict[str, Any]:
         return program.set_program(self.engine, expected_revision=expected_revision, **changes)
+
+    def list_pending(self, *, account_id: UUID | None = None,
+                     contact_id: str | None = None) -> dict[str, Any]:
+        return activating.list_pending(self.engine, account_id=account_id, contact_id=contact_id)
+
+    def activate_points(self, as_of: datetime) -> dict[str, Any]:
+        return activating.activate_points(self.engine, as_of)
 
     def expire_points(self, as_of: datetime) -> dict[str, Any]:
         return expiring.expire_points(self.engine, as_of)

@@ -85,3 +85,35 @@ def test_both_expiration_modes_through_the_broker(deploy: Callable[..., Env]) ->
         quiet = _account(env, "quiet-1")
         assert (quiet["points"]["balance"], quiet["points"]["expired"]) == (50, 50)
     assert env.cli_json("verify")["ok"] is True
+
+
+def test_pending_points_through_the_broker(deploy: Callable[..., Env]) -> None:
+    env = deploy()
+    env.worker(concurrency=2)
+    env.cli("program", "set", "--pending-days", "14")
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    with Publisher(env.broker_url, env.result_backend) as publisher:
+        _signed_up(env, publisher, "p-1")
+        publisher.order_completed(contact_id="p-1", order_id="A", total="50.00",
+                                  currency="USD", occurred_at=yesterday)
+        wait_for(lambda: _account(env, "p-1")["points"]["pending"] == 50, 60, "pending")
+        listed = env.cli_json("pending", "list", "--contact-id", "p-1")["items"]
+        assert [(p["order_id"], p["points"]) for p in listed] == [("A", 50)]
+        # Pending points cannot be redeemed.
+        spent = publisher.redeem_points(contact_id="p-1", amount=101, actor="ops").get(timeout=60)
+        assert (spent["status"], spent["reason"]) == ("rejected", "insufficient_balance")
+        # A refund within the window cancels pending points; nothing leaves the balance.
+        publisher.order_refunded(contact_id="p-1", order_id="A", refund_id="r-1",
+                                 amount="20.00", currency="USD", occurred_at=yesterday)
+        wait_for(lambda: _account(env, "p-1")["points"]["pending"] == 30, 60, "cancelled")
+        activate = "loyalty.program.activate_points"
+        early = publisher.send(activate, {"as_of": _later(5)}).get(timeout=60)
+        assert early["entries"] == 0
+        due = publisher.send(activate, {"as_of": _later(14)}).get(timeout=60)
+        assert (due["entries"], due["points"]) == (1, 30)
+        assert publisher.send(activate, {"as_of": _later(14)}).get(timeout=60)["entries"] == 0
+    points = _account(env, "p-1")["points"]
+    assert (points["balance"], points["earned"], points["pending"], points["reversed"]) == \
+        (130, 130, 0, 0)
+    assert env.cli_json("pending", "list", "--contact-id", "p-1")["items"] == []
+    assert env.cli_json("verify")["ok"] is True

@@ -45,7 +45,7 @@ def test_signup_then_orders_worked_example(ledger: Ledger) -> None:
     ledger.apply_order(order("c1", "B", "0.99"))  # floors to 0 points: no ledger entry
     account = ledger.get_account(contact_id="c1")
     assert account["points"] == {"balance": 149, "earned": 149, "adjusted": 0, "redeemed": 0,
-                                 "expired": 0, "reversed": 0}
+                                 "expired": 0, "reversed": 0, "pending": 0}
     assert account["revision"] == 3
     assert account["member_id"] == "m1"
     assert account["id"] not in ("c1", "m1")

@@ -55,9 +55,12 @@ def test_lots_cannot_disagree_with_the_balance(ledger: Ledger, raw: psycopg.Conn
                                                raw_owner: psycopg.Connection) -> None:
     ledger.apply_signup(signup("c1"))
     ledger.apply_order(order("c1", "A", "10"))
-    # The application role reads lots but cannot write one.
-    assert "permission denied" in denied(raw, "UPDATE point_lots SET remaining = 0")
+    # The application role may only add lots and change what they hold (an order's
+    # pending points and what a refund cancels of them); the balance check still holds it.
+    assert "permission denied" in denied(raw, "UPDATE point_lots SET amount = 1")
+    assert "permission denied" in denied(raw, "UPDATE point_lots SET status = 'pending'")
     assert "permission denied" in denied(raw, "DELETE FROM point_lots")
+    assert refused(raw, "UPDATE point_lots SET remaining = 0") == "point_lots_match_balance"
     # The owner can, and PostgreSQL still refuses what does not add up, by name.
     assert refused(raw_owner, "UPDATE point_lots SET remaining = remaining - 1"
                               " WHERE amount = 10") == "point_lots_match_balance"

@@ -210,7 +210,7 @@ def test_repeated_request_ids_return_the_first_result(ledger: Ledger,
         ledger.adjust_points(adjust("alice", "e-1", amount=5))
     account = ledger.get_account(contact_id="alice")
     assert account["points"] == {"balance": 300, "earned": 300, "adjusted": 0, "redeemed": 0,
-                                 "expired": 0, "reversed": 0}
+                                 "expired": 0, "reversed": 0, "pending": 0}
     assert account["revision"] == 4
     assert ledger.verify()["ok"]
 

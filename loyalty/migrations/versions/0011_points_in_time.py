@@ -33,6 +33,20 @@ PROGRAM_EXPIRATION_CHECK = (
     " AND expiration_percentage IS NOT NULL)"
     " OR (expiration_mode = 'lots' AND expiration_months IS NOT NULL)")
 
+#: A pending lot is an order's points waiting: no entry yet, and what its EARN will say.
+PENDING_SHAPE = ("status <> 'pending' OR (entry_id IS NULL AND order_id IS NOT NULL"
+                 " AND event_id IS NOT NULL AND rule_id IS NOT NULL AND rule_revision IS NOT NULL)")
+OUTCOMES_BEFORE = ("('earned', 'duplicate_order', 'duplicate_order_changed', 'already_signed_up',"
+                   " 'no_points', 'no_rule', 'duplicate_activity', 'reversed', 'refund_recorded',"
+                   " 'duplicate_refund')")
+OUTCOMES = ("('earned', 'duplicate_order', 'duplicate_order_changed', 'already_signed_up',"
+            " 'no_points', 'no_rule', 'duplicate_activity', 'reversed', 'refund_recorded',"
+            " 'duplicate_refund', 'pending')")
+DUE_ADDS_UP_BEFORE = ("due >= 0 AND taken >= 0 AND shortfall >= 0"
+                      " AND due = taken + shortfall")
+DUE_ADDS_UP = ("due >= 0 AND taken >= 0 AND shortfall >= 0 AND cancelled >= 0"
+               " AND due = taken + shortfall + cancelled")
+
 SAFE = "SET search_path = pg_catalog, pg_temp"
 
 FUNCTIONS = [
@@ -42,9 +56,15 @@ FUNCTIONS = [
     CREATE OR REPLACE FUNCTION public.loyalty_ledger_lots() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER {SAFE} AS $$
     BEGIN
+        -- An order's pending lot becomes available with its EARN (activate_points).
+        UPDATE public.point_lots l SET status = 'available', entry_id = n.id
+        FROM new_entries n
+        WHERE n.type = 'EARN' AND n.order_id IS NOT NULL AND l.status = 'pending'
+          AND l.account_id = n.account_id AND l.order_id = n.order_id;
         INSERT INTO public.point_lots (account_id, entry_id, amount, remaining, available_at)
         SELECT n.account_id, n.id, n.amount, n.amount, n.created_at
         FROM new_entries n WHERE n.amount > 0
+          AND NOT EXISTS (SELECT 1 FROM public.point_lots l WHERE l.entry_id = n.id)
         ORDER BY n.seq;
         WITH debit AS (
             SELECT account_id, -sum(amount) AS points FROM new_entries
@@ -135,6 +155,12 @@ def upgrade() -> None:
         sa.Column("remaining", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.Text(), server_default="available", nullable=False),
         sa.Column("available_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("order_id", sa.Text(), nullable=True),
+        sa.Column("event_id", sa.Text(), nullable=True),
+        sa.Column("rule_id", sa.BigInteger(), nullable=True),
+        sa.Column("rule_revision", sa.BigInteger(), nullable=True),
+        sa.Column("order_total", sa.Numeric(18, 4), nullable=True),
+        sa.Column("currency", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
                   nullable=False),
         sa.CheckConstraint("amount > 0", name=op.f("ck_point_lots_amount_positive")),
@@ -142,6 +168,7 @@ def upgrade() -> None:
                            name=op.f("ck_point_lots_remaining_range")),
         sa.CheckConstraint("status IN ('pending', 'available')",
                            name=op.f("ck_point_lots_status_known")),
+        sa.CheckConstraint(PENDING_SHAPE, name=op.f("ck_point_lots_pending_shape")),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"],
                                 name=op.f("fk_point_lots_account_id_accounts")),
         sa.ForeignKeyConstraint(["entry_id"], ["ledger_entries.id"],
@@ -151,10 +178,20 @@ def upgrade() -> None:
     )
     op.create_index("ix_point_lots_open", "point_lots", ["account_id", "available_at", "id"],
                     postgresql_where=sa.text("remaining > 0"))
+    op.create_index("uq_point_lots_one_order", "point_lots", ["account_id", "order_id"],
+                    unique=True, postgresql_where=sa.text("order_id IS NOT NULL"))
+    op.create_index("ix_point_lots_pending_until", "point_lots", ["available_at"],
+                    postgresql_where=sa.text("remaining > 0 AND status = 'pending'"))
     op.create_index("ix_point_lots_open_since", "point_lots", ["available_at"],
                     postgresql_where=sa.text("remaining > 0 AND status = 'available'"))
     op.execute("INSERT INTO point_lots (account_id, amount, remaining, available_at)"
                " SELECT id, balance, balance, now() FROM accounts WHERE balance > 0 ORDER BY id")
+    _replace_check("processed_events", "outcome_known", f"outcome IN {OUTCOMES}")
+    # A refund while an order's points are pending cancels them: no entry, `cancelled`.
+    op.add_column("order_refunds", sa.Column("cancelled", sa.BigInteger(), server_default="0",
+                                             nullable=False))
+    _replace_check("order_refunds", "due_adds_up", DUE_ADDS_UP)
+    _replace_check("order_refunds", "due_has_earn", "earn_entry_id IS NOT NULL OR due = cancelled")
     for statement in FUNCTIONS:
         op.execute(statement)
     # After `ledger_entries_checked` (0007), which locks the accounts, in name order.
@@ -173,7 +210,16 @@ def upgrade() -> None:
             EXECUTE FUNCTION public.loyalty_lots_match_balance('id')""")
 
 
+def _replace_check(table: str, name: str, check: str) -> None:
+    op.execute(f"ALTER TABLE {table} DROP CONSTRAINT ck_{table}_{name}")
+    op.execute(f"ALTER TABLE {table} ADD CONSTRAINT ck_{table}_{name} CHECK ({check})")
+
+
 def downgrade() -> None:
+    _replace_check("order_refunds", "due_has_earn", "earn_entry_id IS NOT NULL OR due = 0")
+    _replace_check("order_refunds", "due_adds_up", DUE_ADDS_UP_BEFORE)
+    op.drop_column("order_refunds", "cancelled")
+    _replace_check("processed_events", "outcome_known", f"outcome IN {OUTCOMES_BEFORE}")
     op.execute("DROP TRIGGER accounts_balance_matches_lots ON accounts")
     op.execute("DROP TRIGGER ledger_entries_lots ON ledger_entries")
     op.drop_table("point_lots")
