@@ -37,7 +37,7 @@ def cli() -> None:
     """Loyalty-points ledger: events in, exact idempotent ledger out."""
 
 
-for _command in (schema.db_group, serve.worker_command, publish.publish_group,
+for _command in (schema.db_group, serve.worker_command, serve.beat_command, publish.publish_group,
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
                  rules.rules_group, program.program_group, program.totals, program.verify,
                  program.events_group, program.pending_group,

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loyalty.publish import Publisher
-from tests.e2e.conftest import Env, wait_for
+from tests.conftest import connect, owner_url
+from tests.e2e.conftest import LOYALTY, Env, wait_for
 
 pytestmark = pytest.mark.e2e
 TS = "2026-01-05T10:00:00Z"
@@ -116,4 +122,39 @@ def test_pending_points_through_the_broker(deploy: Callable[..., Env]) -> None:
     assert (points["balance"], points["earned"], points["pending"], points["reversed"]) == \
         (130, 130, 0, 0)
     assert env.cli_json("pending", "list", "--contact-id", "p-1")["items"] == []
+    assert env.cli_json("verify")["ok"] is True
+
+
+def test_two_beats_expire_once(deploy: Callable[..., Env], tmp_path: Path) -> None:
+    """`loyalty beat` sends the jobs on its schedule; two beats by mistake double nothing."""
+    env = deploy(beat_schedule="loyalty.program.expire_points=1,"
+                               "loyalty.program.activate_points=1")
+    env.worker(concurrency=2)
+    env.cli("program", "set", "--expiration-mode", "lots", "--expiration-months", "1")
+    with Publisher(env.broker_url, env.result_backend) as publisher:
+        _signed_up(env, publisher, "b-1")
+    with connect(owner_url(env.db_url)) as owner:  # the lot became available long ago
+        owner.execute("UPDATE point_lots SET available_at = now() - interval '2 months'")
+        owner.commit()
+    beats, logs = [], []
+    for n in range(2):
+        logs.append(log := open(tmp_path / f"beat-{n}.log", "w"))  # noqa: SIM115
+        beats.append(subprocess.Popen(
+            [LOYALTY, "beat"], env={**env.vars, "LOYALTY_BEAT_SCHEDULE_FILE":
+                                    str(tmp_path / f"beat-{n}")},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        wait_for(lambda: _account(env, "b-1")["points"]["expired"] == 100, 60, "the beat's run")
+        time.sleep(3)  # several more runs of both beats
+    finally:
+        for proc in beats:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        for log in logs:
+            log.close()
+    assert _account(env, "b-1")["points"]["expired"] == 100
+    expired = env.cli_json("transactions", "list", "--contact-id", "b-1", "--type", "EXPIRE")
+    assert len(expired["items"]) == 1
+    assert "Sending due task loyalty.program.expire_points" in \
+        (tmp_path / "beat-0.log").read_text()
     assert env.cli_json("verify")["ok"] is True
