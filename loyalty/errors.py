@@ -103,6 +103,20 @@ class InvalidProgram(ProgramError):
     """Program settings outside their bounds (`loyalty.program`)."""
 
 
+class TierError(LoyaltyError):
+    """A tier change refused: a stale revision, a taken name or threshold, a 21st tier."""
+
+    reason = "invalid_tier"
+
+
+class InvalidTier(TierError):
+    """A tier's terms are invalid input (exit 2)."""
+
+
+class TierNotFound(LoyaltyError):
+    reason = "tier_not_found"
+
+
 class RedemptionNotFound(LoyaltyError):
     reason = "redemption_not_found"
 

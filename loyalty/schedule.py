@@ -10,8 +10,10 @@ from __future__ import annotations
 from loyalty.errors import SettingsError
 
 #: The periodic jobs there are; a schedule may name these only.
-PERIODIC = ("loyalty.program.activate_points", "loyalty.program.expire_points")
-DEFAULT = "loyalty.program.activate_points=600,loyalty.program.expire_points=3600"
+PERIODIC = ("loyalty.program.activate_points", "loyalty.program.expire_points",
+            "loyalty.program.recalculate_tiers")
+DEFAULT = ("loyalty.program.activate_points=600,loyalty.program.expire_points=3600,"
+           "loyalty.program.recalculate_tiers=3600")
 
 
 def parse_schedule(text: str) -> dict[str, int]:

@@ -617,7 +617,38 @@ point_lots = Table(
           postgresql_where=text("remaining > 0 AND status = 'available'")),
 )
 
+#: Tier definitions (migration 0011): at most 20 (trigger `tiers_at_most_20`); the base
+#: level is no tier.
+tiers = Table(
+    "tiers",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("required_points", BigInteger, nullable=False, unique=True),
+    Column("description", Text, nullable=True),
+    Column("revision", BigInteger, nullable=False, server_default="1"),
+    _ts("created_at"),
+    _ts("updated_at"),
+    CheckConstraint("char_length(name) BETWEEN 1 AND 50", name="name_length"),
+    CheckConstraint("required_points BETWEEN 1 AND 9999999", name="required_points_range"),
+    CheckConstraint("char_length(description) <= 500", name="description_length"),
+    CheckConstraint("revision >= 1", name="revision_positive"),
+)
+
+#: Each account's tier points over the rolling window and its tier (0011), written only by
+#: `loyalty_recalculate_tiers` (the ledger's trigger and the periodic job).
+account_tiers = Table(
+    "account_tiers",
+    metadata,
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), primary_key=True),
+    Column("tier_id", BigInteger, ForeignKey("tiers.id", ondelete="SET NULL"), nullable=True),
+    Column("points", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("points >= 0", name="points_not_negative"),
+)
+
 __all__ = [
+    "account_tiers",
     "accounts",
     "contacts",
     "dead_letters",
@@ -634,6 +665,7 @@ __all__ = [
     "redemptions",
     "rewards",
     "staff_requests",
+    "tiers",
     "webhook_deliveries",
     "webhook_subscriptions",
 ]

@@ -52,10 +52,11 @@ def _expiration(row: Mapping[Any, Any]) -> dict[str, Any]:
     account show it; results that snapshot an account as a write left it do not."""
     if "expiration_date" not in row:
         return {}
+    tier = {"tier": row["tier"]} if "tier" in row else {}
     if row["expiration_date"] is None or not row["expiring_points"]:
-        return {"points_expiration": None}
+        return {"points_expiration": None, **tier}
     return {"points_expiration": {"expiration_date": _ts(row["expiration_date"]),
-                                  "expiring_points": int(row["expiring_points"])}}
+                                  "expiring_points": int(row["expiring_points"])}, **tier}
 
 
 def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:

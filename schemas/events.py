@@ -420,6 +420,15 @@ class ActivatePointsRequest(Contract):
     as_of: Timestamp | None = None
 
 
+class RecalculateTiersRequest(Contract):
+    """Payload of `loyalty.program.recalculate_tiers` (periodic, queue `loyalty.admin`):
+    every account's tier as of `as_of` (default: now), as the rolling window slides."""
+
+    model_config = ConfigDict(title="loyalty.program.recalculate_tiers")
+
+    as_of: Timestamp | None = None
+
+
 class ExpirePointsRequest(Contract):
     """Payload of `loyalty.program.expire_points` (periodic, queue `loyalty.admin`): expire
     what is due at `as_of` (default: now), so operators can backfill and tests can move
@@ -485,6 +494,7 @@ TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.deadletters.replay": (ADMIN_QUEUE, ReplayRequest),
     "loyalty.program.activate_points": (ADMIN_QUEUE, ActivatePointsRequest),
     "loyalty.program.expire_points": (ADMIN_QUEUE, ExpirePointsRequest),
+    "loyalty.program.recalculate_tiers": (ADMIN_QUEUE, RecalculateTiersRequest),
 }
 
 #: Payload model -> its task's name: code names a task by its contract, not by a string.

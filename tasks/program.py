@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from loyalty.ledger import Ledger
-    from schemas.events import ActivatePointsRequest, ExpirePointsRequest
+    from schemas.events import (
+        ActivatePointsRequest,
+        ExpirePointsRequest,
+        RecalculateTiersRequest,
+    )
 
 
 def _moment(as_of: datetime | None) -> datetime:
@@ -21,3 +25,7 @@ def expire_points(ledger: Ledger, request: ExpirePointsRequest) -> dict[str, Any
 
 def activate_points(ledger: Ledger, request: ActivatePointsRequest) -> dict[str, Any]:
     return ledger.activate_points(_moment(request.as_of))
+
+
+def recalculate_tiers(ledger: Ledger, request: RecalculateTiersRequest) -> dict[str, Any]:
+    return ledger.recalculate_tiers(_moment(request.as_of))

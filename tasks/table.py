@@ -30,6 +30,7 @@ from schemas.events import (
     ExpirePointsRequest,
     OrderCompletedEvent,
     OrderRefundedEvent,
+    RecalculateTiersRequest,
     RedeemPointsRequest,
     RefundTransactionRequest,
     ReplayRequest,
@@ -89,6 +90,7 @@ TABLE: tuple[Task, ...] = (
     # Periodic (`loyalty beat`); idempotent, so a dead letter is simply the next run's work.
     Task(ActivatePointsRequest, program.activate_points, answers=True, replayable=False),
     Task(ExpirePointsRequest, program.expire_points, answers=True, replayable=False),
+    Task(RecalculateTiersRequest, program.recalculate_tiers, answers=True, replayable=False),
 )
 
 BY_NAME: dict[str, Task] = {task.name: task for task in TABLE}

@@ -25,6 +25,7 @@ from loyalty.errors import (
     InvalidProgram,
     InvalidReward,
     InvalidRule,
+    InvalidTier,
     LoyaltyError,
     NotMigratedError,
 )
@@ -41,6 +42,7 @@ for _command in (schema.db_group, serve.worker_command, serve.beat_command, publ
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
                  rules.rules_group, program.program_group, program.totals, program.verify,
                  program.events_group, program.pending_group,
+                 program.tiers_group,
                  dead_letters.dlq_group, staff.earn, staff.redeem, staff.refund_transaction,
                  rewards.rewards_group, rewards.redemptions_group, webhooks.webhooks_group,
                  operations.health_command, operations.relay_command):
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         error_line(str(exc))
         sys.exit(3)
     except (InvalidPayload, InvalidCursor, InvalidRule, InvalidReward,
-            InvalidProgram) as exc:
+            InvalidProgram, InvalidTier) as exc:
         error_line(str(exc))
         sys.exit(2)
     except LoyaltyError as exc:

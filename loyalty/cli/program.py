@@ -151,3 +151,63 @@ def pending_list(ctx: Context, account_id: Any, contact_id: str | None, as_json:
         raise click.UsageError("give --account-id or --contact-id")
     result = ctx.ledger().list_pending(account_id=account_id, contact_id=contact_id)
     emit(result, as_json, lambda r: table(r["items"], PENDING_COLUMNS))
+
+
+@click.group("tiers")
+def tiers_group() -> None:
+    """Tier definitions: the highest whose required_points an account reaches is its tier."""
+
+
+TIER_COLUMNS: Columns = [
+    ("id", lambda t: t["id"]),
+    ("name", lambda t: t["name"]),
+    ("required_points", lambda t: t["required_points"]),
+    ("description", lambda t: t["description"] or "-"),
+    ("revision", lambda t: t["revision"]),
+]
+
+
+@tiers_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def tiers_list(ctx: Context, as_json: bool) -> None:
+    """List the tiers, lowest first."""
+    emit(ctx.ledger().list_tiers(), as_json, lambda r: table(r["items"], TIER_COLUMNS))
+
+
+@tiers_group.command("create")
+@click.option("--name", required=True, help="1 to 50 characters.")
+@click.option("--required-points", type=int, required=True, help="1 to 9,999,999.")
+@click.option("--description")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def tiers_create(ctx: Context, name: str, required_points: int, description: str | None,
+                 as_json: bool) -> None:
+    """Create a tier (at most 20)."""
+    emit(ctx.ledger().create_tier(name=name, required_points=required_points,
+                                  description=description), as_json)
+
+
+@tiers_group.command("update")
+@click.argument("tier_id", type=ROW_ID)
+@click.option("--name")
+@click.option("--required-points", type=int)
+@click.option("--description")
+@click.option("--revision", type=ROW_ID, help="Refuse unless the tier is at this revision.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def tiers_update(ctx: Context, tier_id: int, name: str | None, required_points: int | None,
+                 description: str | None, revision: int | None, as_json: bool) -> None:
+    """Change a tier; its revision goes up by one."""
+    emit(ctx.ledger().update_tier(tier_id, expected_revision=revision, name=name,
+                                  required_points=required_points, description=description),
+         as_json)
+
+
+@tiers_group.command("delete")
+@click.argument("tier_id", type=ROW_ID)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@pass_ctx
+def tiers_delete(ctx: Context, tier_id: int, as_json: bool) -> None:
+    """Delete a tier; its accounts fall back at the next recalculation."""
+    emit(ctx.ledger().delete_tier(tier_id), as_json)

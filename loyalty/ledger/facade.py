@@ -32,6 +32,7 @@ from loyalty.ledger import (
     program,
     redeeming,
     rewards,
+    tiers,
     verify,
     webhooks,
 )
@@ -128,6 +129,25 @@ class Ledger:
     def list_pending(self, *, account_id: UUID | None = None,
                      contact_id: str | None = None) -> dict[str, Any]:
         return activating.list_pending(self.engine, account_id=account_id, contact_id=contact_id)
+
+    def list_tiers(self) -> dict[str, Any]:
+        return tiers.list_tiers(self.engine)
+
+    def create_tier(self, *, name: str, required_points: int,
+                    description: str | None = None) -> dict[str, Any]:
+        return tiers.create_tier(self.engine, name=name, required_points=required_points,
+                                 description=description)
+
+    def update_tier(self, tier_id: int, *, expected_revision: int | None = None,
+                    **changes: Any) -> dict[str, Any]:
+        return tiers.update_tier(self.engine, tier_id, expected_revision=expected_revision,
+                                 **changes)
+
+    def delete_tier(self, tier_id: int) -> dict[str, Any]:
+        return tiers.delete_tier(self.engine, tier_id)
+
+    def recalculate_tiers(self, as_of: datetime) -> dict[str, Any]:
+        return tiers.recalculate_tiers(self.engine, as_of)
 
     def activate_points(self, as_of: datetime) -> dict[str, Any]:
         return activating.activate_points(self.engine, as_of)

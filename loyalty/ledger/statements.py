@@ -45,7 +45,12 @@ PENDING_POINTS: Label[Any] = literal_column(
     "(SELECT COALESCE(sum(l.remaining), 0) FROM point_lots l WHERE l.account_id = accounts.id"
     " AND l.remaining > 0 AND l.status = 'pending')").label("pending_points")
 #: An account as reads show it: with its pending points and next expiration.
-ACCOUNT = ACCOUNT_ROW.add_columns(PENDING_POINTS, EXPIRATION_DATE, EXPIRING_POINTS)
+#: The account's tier (0011), null for the base level.
+TIER: Label[Any] = literal_column(
+    "(SELECT jsonb_build_object('id', t.id, 'name', t.name, 'points', x.points,"
+    " 'updated_at', x.updated_at) FROM account_tiers x JOIN tiers t ON t.id = x.tier_id"
+    " WHERE x.account_id = accounts.id)").label("tier")
+ACCOUNT = ACCOUNT_ROW.add_columns(PENDING_POINTS, EXPIRATION_DATE, EXPIRING_POINTS, TIER)
 
 
 def set_based(sql: str) -> str:

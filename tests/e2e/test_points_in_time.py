@@ -158,3 +158,32 @@ def test_two_beats_expire_once(deploy: Callable[..., Env], tmp_path: Path) -> No
     assert "Sending due task loyalty.program.expire_points" in \
         (tmp_path / "beat-0.log").read_text()
     assert env.cli_json("verify")["ok"] is True
+
+
+def test_tiers_through_the_broker(deploy: Callable[..., Env]) -> None:
+    env = deploy()
+    env.worker(concurrency=2)
+    env.cli("program", "set", "--tiers-status", "ACTIVE", "--rolling-window-months", "2")
+    silver = env.cli_json("tiers", "create", "--name", "Silver", "--required-points", "150",
+                          "--description", "regulars")
+    assert (silver["name"], silver["required_points"], silver["revision"]) == \
+        ("Silver", 150, 1)
+    bad = env.cli("tiers", "create", "--name", "x" * 51, "--required-points", "5",
+                  check=False)
+    assert bad.returncode == 2 and "name must be 1 to 50" in bad.stderr
+    with Publisher(env.broker_url, env.result_backend) as publisher:
+        _signed_up(env, publisher, "t-1")
+        assert _account(env, "t-1")["tier"] is None  # 100 points: the base level
+        publisher.order_completed(contact_id="t-1", order_id="A", total="60.00",
+                                  currency="USD", occurred_at=TS)
+        wait_for(lambda: _account(env, "t-1")["tier"] is not None, 60, "Silver")
+        shown = _account(env, "t-1")["tier"]
+        assert (shown["id"], shown["name"], shown["points"]) == (silver["id"], "Silver", 160)
+        recalc = "loyalty.program.recalculate_tiers"
+        same = publisher.send(recalc, {"as_of": _later(1)}).get(timeout=60)
+        assert (same["accounts"], same["changed"]) == (1, 0)
+        slid = publisher.send(recalc, {"as_of": _later(70)}).get(timeout=60)
+        assert slid["changed"] == 1
+    assert _account(env, "t-1")["tier"] is None
+    assert [t["name"] for t in env.cli_json("tiers", "list")["items"]] == ["Silver"]
+    assert env.cli_json("verify")["ok"] is True

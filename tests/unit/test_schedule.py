@@ -11,7 +11,8 @@ from loyalty.settings import Settings
 
 def test_default_and_given() -> None:
     assert parse_schedule(DEFAULT) == {"loyalty.program.activate_points": 600,
-                                       "loyalty.program.expire_points": 3600}
+                                       "loyalty.program.expire_points": 3600,
+                                       "loyalty.program.recalculate_tiers": 3600}
     assert parse_schedule(" loyalty.program.expire_points = 60 ,") == {
         "loyalty.program.expire_points": 60}
     assert parse_schedule("") == {}

@@ -80,6 +80,69 @@ FUNCTIONS = [
         SET remaining = l.remaining - LEAST(r.remaining, r.points - (r.upto - r.remaining))
         FROM ranked r
         WHERE l.id = r.id AND r.upto - r.remaining < r.points;
+        -- Tier points change with earns, positive adjustments and reversals: the tier is
+        -- recomputed in this transaction, as of now, while tiers are ACTIVE.
+        IF EXISTS (SELECT 1 FROM public.program p WHERE p.id = 1 AND p.tiers_status = 'ACTIVE')
+        THEN
+            PERFORM public.loyalty_recalculate_tiers(array_agg(DISTINCT n.account_id), now())
+            FROM new_entries n
+            WHERE n.type IN ('EARN', 'REVERSE') OR (n.type = 'ADJUST' AND n.amount > 0)
+            HAVING count(*) > 0;
+        END IF;
+        RETURN NULL;
+    END $$
+    """,
+    # Tier points over the rolling window ending at `as_of`, and the highest tier they
+    # reach (the base level is no tier), for these accounts: one statement. Rows change only
+    # when the tier or the points do, so a second run at the same moment writes nothing.
+    f"""
+    CREATE OR REPLACE FUNCTION public.loyalty_recalculate_tiers(accounts uuid[],
+                                                                as_of timestamptz)
+    RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER {SAFE} AS $$
+    DECLARE
+        changed bigint;
+    BEGIN
+        WITH window_start AS (
+            SELECT as_of - make_interval(months => p.rolling_window_months) AS since
+            FROM public.program p WHERE p.id = 1
+        ), points AS (
+            SELECT k.id AS account_id, COALESCE((
+                SELECT sum(CASE WHEN e.type = 'REVERSE' THEN
+                           CASE WHEN o.created_at > w.since THEN e.amount ELSE 0 END
+                           ELSE e.amount END)
+                FROM public.ledger_entries e
+                LEFT JOIN public.ledger_entries o ON o.id = e.reverses_entry_id
+                WHERE e.account_id = k.id AND e.created_at > w.since AND e.created_at <= as_of
+                  AND (e.type IN ('EARN', 'REVERSE') OR (e.type = 'ADJUST' AND e.amount > 0))
+            ), 0) AS points
+            FROM unnest(accounts) AS k(id) CROSS JOIN window_start w
+        ), decided AS (
+            SELECT p.account_id, GREATEST(p.points, 0) AS points,
+                   (SELECT t.id FROM public.tiers t WHERE t.required_points <= p.points
+                    ORDER BY t.required_points DESC LIMIT 1) AS tier_id
+            FROM points p
+        )
+        INSERT INTO public.account_tiers AS a (account_id, tier_id, points, updated_at)
+        SELECT d.account_id, d.tier_id, d.points, now() FROM decided d
+        WHERE d.points > 0 OR d.tier_id IS NOT NULL
+           OR EXISTS (SELECT 1 FROM public.account_tiers x WHERE x.account_id = d.account_id)
+        ORDER BY d.account_id
+        ON CONFLICT (account_id) DO UPDATE
+            SET tier_id = EXCLUDED.tier_id, points = EXCLUDED.points, updated_at = now()
+            WHERE (a.tier_id, a.points) IS DISTINCT FROM (EXCLUDED.tier_id, EXCLUDED.points);
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        RETURN changed;
+    END $$
+    """,
+    # At most 20 tiers.
+    f"""
+    CREATE OR REPLACE FUNCTION public.loyalty_tiers_at_most_20() RETURNS trigger
+    LANGUAGE plpgsql {SAFE} AS $$
+    BEGIN
+        IF (SELECT count(*) FROM public.tiers) > 20 THEN
+            RAISE EXCEPTION 'a program has at most 20 tiers'
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'tiers_at_most_20';
+        END IF;
         RETURN NULL;
     END $$
     """,
@@ -192,8 +255,48 @@ def upgrade() -> None:
                                              nullable=False))
     _replace_check("order_refunds", "due_adds_up", DUE_ADDS_UP)
     _replace_check("order_refunds", "due_has_earn", "earn_entry_id IS NOT NULL OR due = cancelled")
+    op.create_table(
+        "tiers",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("required_points", sa.BigInteger(), nullable=False),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("revision", sa.BigInteger(), server_default="1", nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
+                  nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
+                  nullable=False),
+        sa.CheckConstraint("char_length(name) BETWEEN 1 AND 50", name=op.f("ck_tiers_name_length")),
+        sa.CheckConstraint("required_points BETWEEN 1 AND 9999999",
+                           name=op.f("ck_tiers_required_points_range")),
+        sa.CheckConstraint("char_length(description) <= 500",
+                           name=op.f("ck_tiers_description_length")),
+        sa.CheckConstraint("revision >= 1", name=op.f("ck_tiers_revision_positive")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tiers")),
+        sa.UniqueConstraint("name", name=op.f("uq_tiers_name")),
+        sa.UniqueConstraint("required_points", name=op.f("uq_tiers_required_points")),
+    )
+    op.create_table(
+        "account_tiers",
+        sa.Column("account_id", sa.UUID(), nullable=False),
+        sa.Column("tier_id", sa.BigInteger(), nullable=True),
+        sa.Column("points", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("points >= 0", name=op.f("ck_account_tiers_points_not_negative")),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"],
+                                name=op.f("fk_account_tiers_account_id_accounts")),
+        sa.ForeignKeyConstraint(["tier_id"], ["tiers.id"], ondelete="SET NULL",
+                                name=op.f("fk_account_tiers_tier_id_tiers")),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_account_tiers")),
+    )
     for statement in FUNCTIONS:
         op.execute(statement)
+    op.execute("""
+        CREATE TRIGGER tiers_revision_step BEFORE UPDATE ON tiers
+            FOR EACH ROW EXECUTE FUNCTION public.loyalty_revision_step()""")
+    op.execute("""
+        CREATE TRIGGER tiers_at_most_20 AFTER INSERT ON tiers
+            FOR EACH STATEMENT EXECUTE FUNCTION public.loyalty_tiers_at_most_20()""")
     # After `ledger_entries_checked` (0007), which locks the accounts, in name order.
     op.execute("""
         CREATE TRIGGER ledger_entries_lots AFTER INSERT ON ledger_entries
@@ -225,4 +328,8 @@ def downgrade() -> None:
     op.drop_table("point_lots")
     op.execute("DROP FUNCTION public.loyalty_lots_match_balance()")
     op.execute("DROP FUNCTION public.loyalty_ledger_lots()")
+    op.drop_table("account_tiers")
+    op.drop_table("tiers")
+    op.execute("DROP FUNCTION public.loyalty_recalculate_tiers(uuid[], timestamptz)")
+    op.execute("DROP FUNCTION public.loyalty_tiers_at_most_20()")
     op.drop_table("program")

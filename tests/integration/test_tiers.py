@@ -1,0 +1,94 @@
+"""Tiers: tier points over the rolling window, recomputed with every entry that changes
+them and by the periodic job as the window slides; definitions checked by PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from loyalty.errors import InvalidTier, TierError
+from loyalty.ledger import Ledger
+from tests.integration.test_invariants_sql import denied, refused
+from tests.integration.test_ledger import order, signup
+from tests.integration.test_redemptions import redeem
+from tests.integration.test_redemptions import refund as refund_redemption
+from tests.integration.test_refunds_activities import refund
+
+NOW = datetime.now(UTC)
+
+
+def tier(ledger: Ledger, contact: str = "c1") -> tuple[str | None, int | None]:
+    shown = ledger.get_account(contact_id=contact)["tier"]
+    return (shown["name"], shown["points"]) if shown else (None, None)
+
+
+def test_cross_into_a_tier_and_fall_back(ledger: Ledger) -> None:
+    ledger.set_program(tiers_status="ACTIVE", rolling_window_months=3)
+    ledger.create_tier(name="Silver", required_points=100)
+    gold = ledger.create_tier(name="Gold", required_points=300, description="the best")
+    assert gold["revision"] == 1 and gold["description"] == "the best"
+    ledger.apply_signup(signup("c1"))
+    assert tier(ledger) == ("Silver", 100)  # in the transaction of the EARN
+    ledger.apply_order(order("c1", "A", "250"))
+    assert tier(ledger) == ("Gold", 350)
+    # Redeeming does not lower tier points; a refund's REVERSE does.
+    spent = ledger.redeem_points(redeem("c1", "r-1", amount=300))
+    assert tier(ledger) == ("Gold", 350)
+    # 100 of the order's 250 refunded: 100 due, but the balance had 50 to give back.
+    ledger.apply_refund(refund("c1", "A", "f-1", "100"))
+    assert tier(ledger) == ("Gold", 300)
+    # The redemption refunded (a REFUND is not tier points), then 50 more of the order:
+    # 150 of 250 refunded, 150 points reversed in all.
+    ledger.refund_transaction(refund_redemption(spent["transaction_id"], "rf-1"))
+    assert tier(ledger) == ("Gold", 300)
+    ledger.apply_refund(refund("c1", "A", "f-2", "50"))
+    assert tier(ledger) == ("Silver", 200)
+    report = ledger.recalculate_tiers(datetime.now(UTC) + timedelta(minutes=1))
+    assert (report["accounts"], report["changed"]) == (1, 0)  # nothing moved
+    # Four months on, the window holds nothing: back to the base level.
+    later = ledger.recalculate_tiers(NOW + timedelta(days=120))
+    assert later["changed"] == 1
+    assert ledger.get_account(contact_id="c1")["tier"] is None
+    assert ledger.recalculate_tiers(NOW + timedelta(days=120))["changed"] == 0
+    assert ledger.verify()["ok"]
+
+
+def test_paused_and_disabled_keep_tiers_still(ledger: Ledger) -> None:
+    ledger.create_tier(name="Silver", required_points=100)
+    ledger.apply_signup(signup("c1"))
+    assert ledger.get_account(contact_id="c1")["tier"] is None  # DISABLED by default
+    ledger.set_program(tiers_status="ACTIVE")
+    assert ledger.recalculate_tiers(datetime.now(UTC))["changed"] == 1
+    assert tier(ledger) == ("Silver", 100)
+    ledger.set_program(tiers_status="PAUSED")
+    assert ledger.recalculate_tiers(NOW + timedelta(days=500))["accounts"] == 0
+    assert tier(ledger) == ("Silver", 100)
+
+
+def test_definitions(ledger: Ledger, raw: psycopg.Connection,
+                     raw_owner: psycopg.Connection) -> None:
+    silver = ledger.create_tier(name="Silver", required_points=100)
+    with pytest.raises(InvalidTier, match="name must be 1 to 50"):
+        ledger.create_tier(name="x" * 51, required_points=5)
+    with pytest.raises(InvalidTier, match="required_points must be 1 to 9999999"):
+        ledger.create_tier(name="Huge", required_points=10_000_000)
+    with pytest.raises(TierError, match="another tier requires the same points"):
+        ledger.create_tier(name="Other", required_points=100)
+    renamed = ledger.update_tier(silver["id"], expected_revision=1, name="Argent")
+    assert (renamed["name"], renamed["revision"]) == ("Argent", 2)
+    with pytest.raises(TierError, match="at revision 2, not 1"):
+        ledger.update_tier(silver["id"], expected_revision=1, name="Silver")
+    for n in range(19):
+        ledger.create_tier(name=f"T{n}", required_points=1000 + n)
+    with pytest.raises(TierError, match="at most 20 tiers"):
+        ledger.create_tier(name="T21", required_points=5000)
+    assert refused(raw, "INSERT INTO tiers (name, required_points) VALUES ('x', 6000)") \
+        == "tiers_at_most_20"
+    assert ledger.delete_tier(silver["id"])["name"] == "Argent"
+    assert len(ledger.list_tiers()["items"]) == 19
+    assert refused(raw, "INSERT INTO tiers (name, required_points) VALUES ('', 6000)") \
+        == "ck_tiers_name_length"
+    # Account tiers are the recalculation's alone.
+    assert "permission denied" in denied(raw, "DELETE FROM account_tiers")
