@@ -118,8 +118,19 @@ def totals(engine: Engine) -> dict[str, Any]:
         *(func.coalesce(func.sum(accounts.c[name]), 0) for name in POINTS),
     )
     row = read(engine, lambda conn: conn.execute(query).one())
+    by_tier = read(engine, lambda conn: conn.exec_driver_sql(TOTALS_BY_TIER).mappings().all())
     return {"points": {name: int(v) for name, v in zip(POINTS, row[1:], strict=True)},
-            "accounts": row[0]}
+            "accounts": row[0],
+            "tiers": [{"id": t["id"], "name": t["name"], "accounts": t["accounts"],
+                       "balance": int(t["balance"])} for t in by_tier]}
+
+
+#: Accounts and balances per tier (0011), lowest tier first; the rest are at the base level.
+TOTALS_BY_TIER = (
+    "SELECT t.id, t.name, count(a.id) AS accounts, COALESCE(sum(a.balance), 0) AS balance"
+    " FROM tiers t LEFT JOIN account_tiers x ON x.tier_id = t.id"
+    " LEFT JOIN accounts a ON a.id = x.account_id"
+    " GROUP BY t.id, t.name, t.required_points ORDER BY t.required_points")
 
 
 def _uuid(value: str, what: str) -> UUID:

@@ -111,7 +111,8 @@ def test_order_for_unknown_contact_writes_nothing(ledger: Ledger) -> None:
     with pytest.raises(AccountNotFound):
         ledger.apply_order(order("ghost", "A", "10"))
     assert ledger.totals() == {"points": dict.fromkeys(
-        ("balance", "earned", "adjusted", "redeemed", "expired", "reversed"), 0), "accounts": 0}
+        ("balance", "earned", "adjusted", "redeemed", "expired", "reversed"), 0), "accounts": 0,
+        "tiers": []}
 
 
 def test_no_active_rule_then_resume(ledger: Ledger) -> None:
@@ -223,7 +224,8 @@ def test_totals(ledger: Ledger) -> None:
     ledger.apply_signup(signup("c2"))
     ledger.adjust_points(adjust("c2", "r", amount=-40))
     assert ledger.totals() == {"points": {"balance": 160, "earned": 200, "adjusted": -40,
-                                          "redeemed": 0, "expired": 0, "reversed": 0}, "accounts": 2}
+                                          "redeemed": 0, "expired": 0, "reversed": 0}, "accounts": 2,
+                              "tiers": []}
 
 
 def test_dead_letter_redelivery_counts_attempts(ledger: Ledger) -> None:

@@ -45,6 +45,10 @@ def test_cross_into_a_tier_and_fall_back(ledger: Ledger) -> None:
     assert tier(ledger) == ("Gold", 300)
     ledger.apply_refund(refund("c1", "A", "f-2", "50"))
     assert tier(ledger) == ("Silver", 200)
+    balance = ledger.get_account(contact_id="c1")["points"]["balance"]
+    assert ledger.totals()["tiers"] == [
+        {"id": ledger.list_tiers()["items"][0]["id"], "name": "Silver", "accounts": 1,
+         "balance": balance}, {"id": gold["id"], "name": "Gold", "accounts": 0, "balance": 0}]
     report = ledger.recalculate_tiers(datetime.now(UTC) + timedelta(minutes=1))
     assert (report["accounts"], report["changed"]) == (1, 0)  # nothing moved
     # Four months on, the window holds nothing: back to the base level.
@@ -52,6 +56,8 @@ def test_cross_into_a_tier_and_fall_back(ledger: Ledger) -> None:
     assert later["changed"] == 1
     assert ledger.get_account(contact_id="c1")["tier"] is None
     assert ledger.recalculate_tiers(NOW + timedelta(days=120))["changed"] == 0
+    assert [(t["name"], t["accounts"]) for t in ledger.totals()["tiers"]] == [
+        ("Silver", 0), ("Gold", 0)]
     assert ledger.verify()["ok"]
 
 
