@@ -362,6 +362,8 @@ rewards = Table(
     Column("value", Numeric(18, 4), nullable=True),
     Column("currency", Text, nullable=True),
     Column("cost_in_points", BigInteger, nullable=False),
+    #: What it costs at each tier instead (0011): {"<tier id>": points}.
+    Column("tier_costs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("status", Text, nullable=False, server_default="ACTIVE"),
     Column("revision", BigInteger, nullable=False, server_default="1"),
     _ts("created_at"),
@@ -376,6 +378,7 @@ rewards = Table(
         name="kind_shape"),
     CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
     CheckConstraint("cost_in_points BETWEEN 1 AND 9999999", name="cost_in_points_range"),
+    CheckConstraint("jsonb_typeof(tier_costs) = 'object'", name="tier_costs_object"),
     CheckConstraint("status IN ('ACTIVE', 'PAUSED')", name="status_known"),
     CheckConstraint("revision >= 1", name="revision_positive"),
 )

@@ -141,6 +141,7 @@ def reward_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "value": _decimal(row["value"]),
         "currency": row["currency"],
         "cost_in_points": row["cost_in_points"],
+        "tier_costs": row.get("tier_costs") or {},
         "status": row["status"],
         "revision": row["revision"],
     }

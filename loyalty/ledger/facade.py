@@ -107,10 +107,11 @@ class Ledger:
 
     def create_reward(self, *, name: str, kind: str, value: Decimal | None,
                       currency: str | None, cost_in_points: int,
-                      status: str = "ACTIVE") -> dict[str, Any]:
+                      status: str = "ACTIVE",
+                      tier_costs: Mapping[int, int] | None = None) -> dict[str, Any]:
         return rewards.create_reward(self.engine, name=name, kind=kind, value=value,
                                      currency=currency, cost_in_points=cost_in_points,
-                                     status=status)
+                                     status=status, tier_costs=tier_costs)
 
     def update_reward(self, reward_id: int, *, expected_revision: int | None = None,
                       **changes: Any) -> dict[str, Any]:

@@ -179,6 +179,13 @@ def test_tiers_through_the_broker(deploy: Callable[..., Env]) -> None:
         wait_for(lambda: _account(env, "t-1")["tier"] is not None, 60, "Silver")
         shown = _account(env, "t-1")["tier"]
         assert (shown["id"], shown["name"], shown["points"]) == (silver["id"], "Silver", 160)
+        # The tier at the moment of the redemption prices a reward with per-tier costs.
+        mug = env.cli_json("rewards", "create", "--name", "Mug", "--kind", "custom",
+                           "--cost-in-points", "50", "--tier-cost", f"{silver['id']}=30")
+        assert mug["tier_costs"] == {str(silver["id"]): 30}
+        bought = publisher.redeem_points(contact_id="t-1", reward_id=mug["id"],
+                                         actor="ops").get(timeout=60)
+        assert (bought["status"], bought["redemption"]["points"]) == ("applied", 30)
         recalc = "loyalty.program.recalculate_tiers"
         same = publisher.send(recalc, {"as_of": _later(1)}).get(timeout=60)
         assert (same["accounts"], same["changed"]) == (1, 0)

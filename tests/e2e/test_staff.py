@@ -49,7 +49,7 @@ def test_the_lifecycle_through_the_cli(broker_env: Env, running_worker: Worker) 
         "name": "5 USD off", "kind": "discount_amount", "value": "5", "currency": "USD",
         "cost_in_points": 50, "status": "ACTIVE", "revision": 1}
     assert set(reward) == {"id", "name", "kind", "value", "currency", "cost_in_points",
-                           "status", "revision"}
+                           "tier_costs", "status", "revision"}
     code, spent = _run(broker_env, "redeem", "--contact-id", contact, "--reward-id",
                        str(reward["id"]), "--count", "2", "--reference-id", "cart-1",
                        "--actor", "support@shop", "--request-id", f"r-{contact}")

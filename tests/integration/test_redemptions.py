@@ -219,8 +219,8 @@ def test_rewards_catalogue(ledger: Ledger) -> None:
     made = ledger.create_reward(name="Free shipping", kind="free_shipping", value=None,
                                 currency=None, cost_in_points=150)
     assert made == {"id": made["id"], "name": "Free shipping", "kind": "free_shipping",
-                    "value": None, "currency": None, "cost_in_points": 150, "status": "ACTIVE",
-                    "revision": 1}
+                    "value": None, "currency": None, "cost_in_points": 150, "tier_costs": {},
+                    "status": "ACTIVE", "revision": 1}
     changed = ledger.update_reward(made["id"], expected_revision=1, cost_in_points=120)
     assert (changed["cost_in_points"], changed["revision"]) == (120, 2)
     with pytest.raises(RewardError, match="at revision 2, not 1"):

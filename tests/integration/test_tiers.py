@@ -98,3 +98,22 @@ def test_definitions(ledger: Ledger, raw: psycopg.Connection,
         == "ck_tiers_name_length"
     # Account tiers are the recalculation's alone.
     assert "permission denied" in denied(raw, "DELETE FROM account_tiers")
+
+
+def test_a_reward_costs_the_tier_price(ledger: Ledger, raw: psycopg.Connection) -> None:
+    ledger.set_program(tiers_status="ACTIVE")
+    gold = ledger.create_tier(name="Gold", required_points=150)
+    mug = ledger.create_reward(name="Mug", kind="custom", value=None, currency=None,
+                               cost_in_points=50, tier_costs={gold["id"]: 30})
+    assert mug["tier_costs"] == {str(gold["id"]): 30}
+    ledger.apply_signup(signup("c1"))
+    ledger.apply_order(order("c1", "A", "60"))  # 160 tier points: Gold
+    ledger.apply_signup(signup("c2"))  # 100: the base level
+    gold_buy = ledger.redeem_points(redeem("c1", "r-1", reward_id=mug["id"], count=2))
+    base_buy = ledger.redeem_points(redeem("c2", "r-2", reward_id=mug["id"], count=2))
+    assert (gold_buy["redemption"]["points"], base_buy["redemption"]["points"]) == (60, 100)
+    with pytest.raises(Exception, match="a tier cost is a tier id and 1 to"):
+        ledger.update_reward(mug["id"], tier_costs={gold["id"]: 0})
+    assert refused(raw, "UPDATE rewards SET tier_costs = '[]', revision = revision + 1") \
+        == "ck_rewards_tier_costs_object"
+    assert ledger.verify()["ok"]

@@ -19,6 +19,7 @@ Revises: 0010
 """
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql
 from alembic import op
 
 revision = "0011"
@@ -289,6 +290,11 @@ def upgrade() -> None:
                                 name=op.f("fk_account_tiers_tier_id_tiers")),
         sa.PrimaryKeyConstraint("account_id", name=op.f("pk_account_tiers")),
     )
+    # A reward may cost other points per tier: {"<tier id>": points}.
+    op.add_column("rewards", sa.Column("tier_costs", sa.dialects.postgresql.JSONB(),
+                                       server_default=sa.text("'{}'::jsonb"), nullable=False))
+    op.execute("ALTER TABLE rewards ADD CONSTRAINT ck_rewards_tier_costs_object"
+               " CHECK (jsonb_typeof(tier_costs) = 'object')")
     for statement in FUNCTIONS:
         op.execute(statement)
     op.execute("""
@@ -328,6 +334,7 @@ def downgrade() -> None:
     op.drop_table("point_lots")
     op.execute("DROP FUNCTION public.loyalty_lots_match_balance()")
     op.execute("DROP FUNCTION public.loyalty_ledger_lots()")
+    op.drop_column("rewards", "tier_costs")
     op.drop_table("account_tiers")
     op.drop_table("tiers")
     op.execute("DROP FUNCTION public.loyalty_recalculate_tiers(uuid[], timestamptz)")
