@@ -116,6 +116,8 @@ earn_rules = Table(
     Column("money_amount", Numeric(18, 4), nullable=True),
     Column("currency", Text, nullable=True),
     Column("status", Text, nullable=False, server_default="ACTIVE"),
+    #: Tier id -> P at that tier instead of `points` (0011).
+    Column("tier_points", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("revision", BigInteger, nullable=False, server_default="1"),
     _ts("created_at"),
     _ts("updated_at"),
@@ -145,6 +147,7 @@ earn_rules = Table(
     Index("uq_earn_rules_one_active", "trigger", text("coalesce(currency, '')"),
           text("coalesce(activity, '')"), unique=True,
           postgresql_where=text("status = 'ACTIVE'")),
+    CheckConstraint("jsonb_typeof(tier_points) = 'object'", name="tier_points_object"),
 )
 
 ledger_entries = Table(
@@ -186,6 +189,8 @@ ledger_entries = Table(
            nullable=True),
     #: The account's revision after this entry: revisions chain like balances.
     Column("account_revision", BigInteger, nullable=False),
+    #: The tier an EARN was computed at, when its rule had points for that tier (0011).
+    Column("tier_id", BigInteger, nullable=True),
     _ts("created_at"),
     # An EARN's event type is its rule's trigger.
     ForeignKeyConstraint(["rule_id", "event_type"], ["earn_rules.id", "earn_rules.trigger"],
@@ -267,6 +272,7 @@ earn_rule_revisions = Table(
     Column("status", Text, nullable=False),
     _ts("recorded_at"),
     Column("activity", Text, nullable=True),
+    Column("tier_points", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
 )
 
 #: Every event the worker has accepted, with a fingerprint of its payload, so a
@@ -604,6 +610,7 @@ point_lots = Table(
     Column("order_total", Numeric(18, 4), nullable=True),
     Column("currency", Text, nullable=True),
     _ts("created_at"),
+    Column("tier_id", BigInteger, nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("status <> 'pending' OR (entry_id IS NULL AND order_id IS NOT NULL"
                     " AND event_id IS NOT NULL AND rule_id IS NOT NULL"

@@ -118,6 +118,7 @@ def rule_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "money_amount": format(money.normalize(), "f") if money is not None else None,
         "currency": row["currency"],
         "activity": row.get("activity"),
+        "tier_points": row.get("tier_points") or {},
         "status": row["status"],
         "revision": row["revision"],
         "created_at": _ts(row["created_at"]),

@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-from loyalty.cli.context import ROW_ID, Context, one_of, pass_ctx
+from loyalty.cli.context import ROW_ID, Context, one_of, pass_ctx, tier_pairs
 from loyalty.cli.output import JSON_HELP, Columns, emit, table
 from loyalty.rewards import KINDS
 
@@ -73,21 +73,7 @@ def rewards_create(ctx: Context, name: str, kind: str, value: str | None, curren
     emit(ctx.ledger().create_reward(name=name, kind=kind, value=amount, currency=currency,
                                     cost_in_points=cost_in_points,
                                     status="PAUSED" if paused else "ACTIVE",
-                                    tier_costs=_tier_costs(tier_costs)), as_json)
-
-
-def _tier_costs(given: tuple[str, ...]) -> dict[int, int]:
-    costs: dict[int, int] = {}
-    for item in given:
-        tier, sep, points = item.partition("=")
-        try:
-            costs[int(tier)] = int(points)
-        except ValueError:
-            raise click.BadParameter(f"{item!r} is not TIER_ID=POINTS",
-                                     param_hint="--tier-cost") from None
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not TIER_ID=POINTS", param_hint="--tier-cost")
-    return costs
+                                    tier_costs=tier_pairs(tier_costs, "--tier-cost")), as_json)
 
 
 @rewards_group.command("update")
@@ -110,7 +96,8 @@ def rewards_update(ctx: Context, reward_id: int, name: str | None, kind: str | N
     emit(ctx.ledger().update_reward(reward_id, expected_revision=revision, name=name, kind=kind,
                                     value=amount, currency=currency,
                                     cost_in_points=cost_in_points,
-                                    tier_costs=_tier_costs(tier_costs) if tier_costs else None),
+                                    tier_costs=tier_pairs(tier_costs, "--tier-cost") if tier_costs
+                                    else None),
          as_json)
 
 

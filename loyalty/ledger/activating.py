@@ -30,7 +30,7 @@ PENDING_DUE = set_based(
     " AND available_at <= CAST(:as_of AS timestamptz) ORDER BY account_id")
 DUE_LOTS = set_based(
     "SELECT l.id, l.account_id, l.remaining, l.order_id, l.event_id, l.rule_id,"
-    " l.rule_revision, l.order_total, l.currency"
+    " l.rule_revision, l.order_total, l.currency, l.tier_id"
     " FROM unnest(CAST(:ids AS uuid[])) AS k(id) JOIN point_lots l ON l.account_id = k.id"
     " AND l.status = 'pending' AND l.remaining > 0"
     " AND l.available_at <= CAST(:as_of AS timestamptz)"
@@ -81,7 +81,7 @@ def _chunk(conn: Connection, ids: list[UUID], as_of: datetime) -> tuple[int, int
             "idempotency_key": f"event:{lot['event_id']}", "event_type": "order.completed",
             "event_id": lot["event_id"], "order_id": lot["order_id"], "rule_id": lot["rule_id"],
             "rule_revision": lot["rule_revision"], "order_total": lot["order_total"],
-            "currency": lot["currency"]})
+            "currency": lot["currency"], "tier_id": lot["tier_id"]})
         done = credits.get(account, (0, 0))
         credits[account] = (done[0] + points, done[1] + 1)
     if not rows:

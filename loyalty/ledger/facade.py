@@ -188,19 +188,23 @@ class Ledger:
 
     def create_rule(self, *, name: str, trigger: str, kind: str, points: int,
                     money_amount: Decimal | None, currency: str | None,
-                    status: str = "ACTIVE", activity: str | None = None) -> dict[str, Any]:
+                    status: str = "ACTIVE", activity: str | None = None,
+                    tier_points: Mapping[int, int] | None = None) -> dict[str, Any]:
         return earn_rules.create_rule(self.engine, name=name, trigger=trigger, kind=kind,
                                       points=points, money_amount=money_amount,
-                                      currency=currency, status=status, activity=activity)
+                                      currency=currency, status=status, activity=activity,
+                                      tier_points=tier_points)
 
     def update_rule(self, rule_id: int, *, expected_revision: int | None = None,
                     name: str | None = None, kind: str | None = None, points: int | None = None,
                     money_amount: Decimal | None = None, currency: str | None = None,
-                    any_currency: bool = False, status: str | None = None) -> dict[str, Any]:
+                    any_currency: bool = False, status: str | None = None,
+                    tier_points: Mapping[int, int] | None = None) -> dict[str, Any]:
         return earn_rules.update_rule(self.engine, rule_id, expected_revision=expected_revision,
                                       name=name, kind=kind, points=points,
                                       money_amount=money_amount, currency=currency,
-                                      any_currency=any_currency, status=status)
+                                      any_currency=any_currency, status=status,
+                                      tier_points=tier_points)
 
     # -- dead letters and replay -------------------------------------------------------
 

@@ -75,8 +75,9 @@ def unnest_insert(table: str, columns: dict[str, str], stamp: str | None = None)
 
 
 def columns(rows: list[dict[str, Any]], names: dict[str, str]) -> dict[str, list[Any]]:
-    """Rows turned into the column arrays that `unnest_insert` takes."""
-    return {c: [row[c] for row in rows] for c in names}
+    """Rows turned into the column arrays that `unnest_insert` takes; a column a row does
+    not name is NULL (as `tier_id`, which only an EARN at a tier carries)."""
+    return {c: [row.get(c) for row in rows] for c in names}
 
 
 # -- earning -----------------------------------------------------------------------
@@ -106,11 +107,16 @@ EARNED_ORDERS = set_based(
     " JOIN point_lots l ON l.account_id = p.account_id AND l.order_id = p.order_id"
     " AND l.status = 'pending' AND l.order_id IS NOT NULL"
     " LEFT JOIN processed_events pe ON pe.event_id = l.event_id")
+#: The tiers of these accounts (0011), none while tiers are DISABLED.
+TIERS_OF = set_based(
+    "SELECT x.account_id, x.tier_id FROM unnest(CAST(:ids AS uuid[])) AS k(id)"
+    " JOIN account_tiers x ON x.account_id = k.id AND x.tier_id IS NOT NULL"
+    " JOIN program p ON p.id = 1 AND p.tiers_status <> 'DISABLED'")
 #: An order's points waiting out `pending_days` (0011).
 PENDING_LOT_COLUMNS = {
     "account_id": "uuid", "amount": "bigint", "remaining": "bigint", "status": "text",
     "available_at": "timestamptz", "order_id": "text", "event_id": "text", "rule_id": "bigint",
-    "rule_revision": "bigint", "order_total": "numeric", "currency": "text",
+    "rule_revision": "bigint", "order_total": "numeric", "currency": "text", "tier_id": "bigint",
 }
 INSERT_PENDING_LOTS = unnest_insert("point_lots", PENDING_LOT_COLUMNS)
 #: One UPDATE for all credited accounts; the revision counts changes, one per entry.
@@ -126,7 +132,7 @@ ENTRY_COLUMNS = {
     "event_type": "text", "event_id": "text", "order_id": "text", "rule_id": "bigint",
     "rule_revision": "bigint", "account_revision": "bigint", "order_total": "numeric",
     "currency": "text", "activity": "text", "reference_id": "text", "refund_id": "text",
-    "reverses_entry_id": "uuid",
+    "reverses_entry_id": "uuid", "tier_id": "bigint",
 }
 PROCESSED_COLUMNS = {
     "event_id": "text", "event_type": "text", "fingerprint": "text", "contact_id": "text",

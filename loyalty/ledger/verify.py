@@ -120,12 +120,15 @@ CHECKS = {
         SELECT e.account_id, e.id AS entry_id, e.event_id, e.amount, x.expected
         FROM ledger_entries e
         JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
+        -- At the tier it names, the rule's points for that tier (0011).
+        CROSS JOIN LATERAL (SELECT COALESCE(CAST(r.tier_points ->> CAST(e.tier_id AS text)
+                                                 AS bigint), r.points) AS points) t
         CROSS JOIN LATERAL (SELECT CASE
             WHEN r.trigger <> e.event_type THEN NULL
-            WHEN r.kind = 'fixed' THEN r.points
+            WHEN r.kind = 'fixed' THEN t.points
             WHEN e.order_total IS NULL THEN e.amount
             WHEN r.currency IS NOT NULL AND r.currency <> e.currency THEN NULL
-            ELSE div(e.order_total * r.points, r.money_amount) END AS expected) x
+            ELSE div(e.order_total * t.points, r.money_amount) END AS expected) x
         -- What refunds cancelled while the points were pending (0011) was never entered.
         CROSS JOIN LATERAL (SELECT COALESCE(sum(f.cancelled), 0) AS cancelled
             FROM order_refunds f WHERE e.order_id IS NOT NULL AND f.account_id = e.account_id

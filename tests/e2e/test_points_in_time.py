@@ -186,9 +186,17 @@ def test_tiers_through_the_broker(deploy: Callable[..., Env]) -> None:
         bought = publisher.redeem_points(contact_id="t-1", reward_id=mug["id"],
                                          actor="ops").get(timeout=60)
         assert (bought["status"], bought["redemption"]["points"]) == ("applied", 30)
+        # A per-tier rule earns the tier's rate: 3 points per USD at Silver.
+        rule = next(r for r in env.cli_json("rules", "list")["items"]
+                    if r["trigger"] == "order.completed")
+        env.cli("rules", "update", str(rule["id"]), "--tier-points", f"{silver['id']}=3")
+        publisher.order_completed(contact_id="t-1", order_id="B", total="10.00",
+                                  currency="USD", occurred_at=TS)
+        wait_for(lambda: _account(env, "t-1")["points"]["earned"] == 190, 60, "30 at Silver")
         recalc = "loyalty.program.recalculate_tiers"
         same = publisher.send(recalc, {"as_of": _later(1)}).get(timeout=60)
         assert (same["accounts"], same["changed"]) == (1, 0)
+        assert _account(env, "t-1")["tier"]["points"] == 190
         slid = publisher.send(recalc, {"as_of": _later(70)}).get(timeout=60)
         assert slid["changed"] == 1
     assert _account(env, "t-1")["tier"] is None

@@ -117,3 +117,25 @@ def test_a_reward_costs_the_tier_price(ledger: Ledger, raw: psycopg.Connection) 
     assert refused(raw, "UPDATE rewards SET tier_costs = '[]', revision = revision + 1") \
         == "ck_rewards_tier_costs_object"
     assert ledger.verify()["ok"]
+
+
+def test_a_rule_earns_the_tier_rate(ledger: Ledger, raw: psycopg.Connection) -> None:
+    """The default order rule gives 1 point per 1 USD; at Gold it gives 2."""
+    ledger.set_program(tiers_status="ACTIVE")
+    gold = ledger.create_tier(name="Gold", required_points=150)
+    rule = next(r for r in ledger.list_rules()["items"] if r["trigger"] == "order.completed")
+    changed = ledger.update_rule(rule["id"], tier_points={gold["id"]: 2 * rule["points"]})
+    assert changed["tier_points"] == {str(gold["id"]): 2 * rule["points"]}
+    assert changed["revision"] == rule["revision"] + 1
+    ledger.apply_signup(signup("c1"))
+    first = ledger.apply_order(order("c1", "A", "60"))  # base level: 60, now Gold (160)
+    second = ledger.apply_order(order("c1", "B", "10"))  # at Gold: 20
+    assert (first.points, second.points) == (60, 20)
+    earn = next(e for e in ledger.list_transactions(contact_id="c1", type_="EARN")["items"]
+                if e["source"]["order_id"] == "B")
+    assert raw.execute("SELECT tier_id FROM ledger_entries WHERE id = %s",
+                       (earn["id"],)).fetchone()[0] == gold["id"]
+    raw.rollback()
+    with pytest.raises(Exception, match="points"):
+        ledger.update_rule(rule["id"], tier_points={gold["id"]: 0})
+    assert ledger.verify()["violations"] == []

@@ -50,6 +50,30 @@ DUE_ADDS_UP = ("due >= 0 AND taken >= 0 AND shortfall >= 0 AND cancelled >= 0"
 
 SAFE = "SET search_path = pg_catalog, pg_temp"
 
+RULE_REVISION = f"""
+    CREATE OR REPLACE FUNCTION public.loyalty_record_rule_revision() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER {SAFE} AS $$
+    BEGIN
+        INSERT INTO public.earn_rule_revisions (rule_id, revision, trigger, kind, points,
+            money_amount, currency, status, activity, tier_points)
+        VALUES (NEW.id, NEW.revision, NEW.trigger, NEW.kind, NEW.points, NEW.money_amount,
+                NEW.currency, NEW.status, NEW.activity, NEW.tier_points);
+        RETURN NULL;
+    END $$
+"""
+#: As 0009 left it.
+RULE_REVISION_BEFORE = f"""
+    CREATE OR REPLACE FUNCTION public.loyalty_record_rule_revision() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER {SAFE} AS $$
+    BEGIN
+        INSERT INTO public.earn_rule_revisions
+            (rule_id, revision, trigger, kind, points, money_amount, currency, status, activity)
+        VALUES (NEW.id, NEW.revision, NEW.trigger, NEW.kind, NEW.points, NEW.money_amount,
+                NEW.currency, NEW.status, NEW.activity);
+        RETURN NULL;
+    END $$
+"""
+
 FUNCTIONS = [
     # Credits become lots; then each account's debits, summed, use up its lots oldest
     # first (a running total over the lots says how much each one gives).
@@ -290,6 +314,16 @@ def upgrade() -> None:
                                 name=op.f("fk_account_tiers_tier_id_tiers")),
         sa.PrimaryKeyConstraint("account_id", name=op.f("pk_account_tiers")),
     )
+    # An earn rule may give other points (fixed) or rates (P of "P per M") per tier; its
+    # history keeps them, and an EARN (or a pending lot) names the tier it was computed at.
+    for table in ("earn_rules", "earn_rule_revisions"):
+        op.add_column(table, sa.Column("tier_points", sa.dialects.postgresql.JSONB(),
+                                       server_default=sa.text("'{}'::jsonb"), nullable=False))
+    op.execute("ALTER TABLE earn_rules ADD CONSTRAINT ck_earn_rules_tier_points_object"
+               " CHECK (jsonb_typeof(tier_points) = 'object')")
+    op.add_column("ledger_entries", sa.Column("tier_id", sa.BigInteger(), nullable=True))
+    op.add_column("point_lots", sa.Column("tier_id", sa.BigInteger(), nullable=True))
+    op.execute(RULE_REVISION)
     # A reward may cost other points per tier: {"<tier id>": points}.
     op.add_column("rewards", sa.Column("tier_costs", sa.dialects.postgresql.JSONB(),
                                        server_default=sa.text("'{}'::jsonb"), nullable=False))
@@ -335,6 +369,11 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION public.loyalty_lots_match_balance()")
     op.execute("DROP FUNCTION public.loyalty_ledger_lots()")
     op.drop_column("rewards", "tier_costs")
+    op.execute(RULE_REVISION_BEFORE)
+    op.drop_column("ledger_entries", "tier_id")
+    op.drop_constraint("ck_earn_rules_tier_points_object", "earn_rules")
+    for table in ("earn_rules", "earn_rule_revisions"):
+        op.drop_column(table, "tier_points")
     op.drop_table("account_tiers")
     op.drop_table("tiers")
     op.execute("DROP FUNCTION public.loyalty_recalculate_tiers(uuid[], timestamptz)")
