@@ -93,6 +93,30 @@ class RewardNotFound(LoyaltyError):
     reason = "reward_not_found"
 
 
+class ProgramError(LoyaltyError):
+    """A program settings change refused: another change came first (revision)."""
+
+    reason = "invalid_program"
+
+
+class InvalidProgram(ProgramError):
+    """Program settings outside their bounds (`loyalty.program`)."""
+
+
+class TierError(LoyaltyError):
+    """A tier change refused: a stale revision, a taken name or threshold, a 21st tier."""
+
+    reason = "invalid_tier"
+
+
+class InvalidTier(TierError):
+    """A tier's terms are invalid input (exit 2)."""
+
+
+class TierNotFound(LoyaltyError):
+    reason = "tier_not_found"
+
+
 class RedemptionNotFound(LoyaltyError):
     reason = "redemption_not_found"
 

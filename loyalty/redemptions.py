@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from schemas.events import MAX_BALANCE
 
@@ -41,6 +42,13 @@ class Reward:
     cost_in_points: int
     status: str
     revision: int
+    #: Tier id -> what one costs at that tier, instead of `cost_in_points`.
+    tier_costs: Mapping[int, int] = field(default_factory=dict)
+
+    def cost_for(self, tier_id: int | None) -> int:
+        """What one costs for an account at this tier (None: the base level)."""
+        return self.tier_costs.get(tier_id, self.cost_in_points) if tier_id is not None \
+            else self.cost_in_points
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class RedeemDecision:
 
 def decide_redemption(*, balance: int, revision: int, expected_revision: int | None,
                       reward_asked: bool, reward: Reward | None, count: int,
-                      amount: int | None) -> RedeemDecision:
+                      amount: int | None, tier_id: int | None = None) -> RedeemDecision:
     """`count` of `reward` (or `amount` points), unless something is in the way.
 
     The reasons are checked in this order: the reward, the revision, the balance; a
@@ -63,7 +71,7 @@ def decide_redemption(*, balance: int, revision: int, expected_revision: int | N
             return RedeemDecision(applied=False, reason="reward_not_found")
         if reward.status != "ACTIVE":
             return RedeemDecision(applied=False, reason="reward_paused")
-        points = reward.cost_in_points * count
+        points = reward.cost_for(tier_id) * count
     else:
         if amount is None:
             raise ValueError("a redemption is for a reward or for an amount")

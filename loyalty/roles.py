@@ -29,6 +29,14 @@ APP_WRITES: dict[str, str] = {
     "rewards": "INSERT, UPDATE",
     "redemptions": "INSERT, UPDATE (status, refund_entry_id, refunded_at)",
     "dead_letters": "INSERT, UPDATE",
+    # Lots (0011): the ledger's trigger writes available ones; the worker adds an order's
+    # pending lot and cancels what a refund takes of it (the balance check covers the rest).
+    "point_lots": "INSERT, UPDATE (remaining)",
+    # Tier definitions (0011), edited from the command line; account tiers are written by
+    # a SECURITY DEFINER function only.
+    "tiers": "INSERT, UPDATE, DELETE",
+    # The one program row (0011): `loyalty program set` changes it, nobody adds one.
+    "program": "UPDATE",
     "message_crashes": "INSERT, UPDATE",
     # Outgoing events (0010): only the ledger's triggers (SECURITY DEFINER) insert events;
     # the relay marks them delivered and prunes delivered ones (a trigger refuses deleting

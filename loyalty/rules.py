@@ -6,7 +6,8 @@ and, after floor(), cost a customer a point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from decimal import Context, Decimal
 from typing import Literal
 
@@ -42,9 +43,17 @@ class EarnRule:
     revision: int
     #: The activity an `activity` rule earns for; None for other triggers.
     activity: str | None = None
+    #: Tier id -> the points (fixed) or P of "P per M" (conversion) at that tier (0011).
+    tier_points: Mapping[int, int] = field(default_factory=dict)
 
     def points_for(self, total: Decimal | None = None) -> int:
         return compute_points(self.kind, self.points, self.money_amount, total)
+
+    def tier_terms(self, tier_id: int | None) -> tuple[EarnRule, int | None]:
+        """The rule as it applies at `tier_id`, and the tier if it changed the terms."""
+        if tier_id is None or tier_id not in self.tier_points:
+            return self, None
+        return replace(self, points=self.tier_points[tier_id]), tier_id
 
 
 def compute_points(kind: str, points: int, money_amount: Decimal | None, total: Decimal | None) -> int:

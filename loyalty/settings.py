@@ -15,6 +15,8 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from loyalty.errors import SettingsError
+from loyalty.schedule import DEFAULT as DEFAULT_SCHEDULE
+from loyalty.schedule import parse_schedule
 
 PREFIX = "LOYALTY_"
 
@@ -126,6 +128,11 @@ class Settings:
     heartbeat_file: str = "/tmp/loyalty-worker.heartbeat"  # noqa: S108
     #: Seconds after which `loyalty health` calls the heartbeat stale.
     heartbeat_max_age: int = 30
+    # -- the periodic program jobs (docs/operations.md) ----------------------------------
+    #: What `loyalty beat` sends and how often: `task=seconds` pairs, comma-separated.
+    beat_schedule: str = DEFAULT_SCHEDULE
+    #: Where `loyalty beat` keeps when each job last ran (Celery beat's schedule file).
+    beat_schedule_file: str = "/tmp/loyalty-beat-schedule"  # noqa: S108
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +222,7 @@ class Settings:
             raise SettingsError("LOYALTY_METRICS_PORT must be a TCP port (0: off)")
         if self.heartbeat_max_age < 2:
             raise SettingsError("LOYALTY_HEARTBEAT_MAX_AGE must be at least 2")
+        parse_schedule(self.beat_schedule)
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
             raise SettingsError(f"LOYALTY_BROKER_URL scheme {scheme!r} is not supported")

@@ -28,6 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+#: Inactivity expiration takes 1 to 12 months and a percentage; lots take 1 to 60 months.
+PROGRAM_EXPIRATION_CHECK = (
+    "expiration_mode = 'off'"
+    " OR (expiration_mode = 'inactivity' AND expiration_months BETWEEN 1 AND 12"
+    " AND expiration_percentage IS NOT NULL)"
+    " OR (expiration_mode = 'lots' AND expiration_months IS NOT NULL)")
+
 #: An activity event's EARN names its activity (its rule's, by foreign key); otherwise only
 #: a staff EARN (no event) carries an activity (0008); a reference only on an activity's.
 ACTIVITY_EARN_CHECK = ("(event_type IS DISTINCT FROM 'activity' OR activity IS NOT NULL)"
@@ -109,6 +116,8 @@ earn_rules = Table(
     Column("money_amount", Numeric(18, 4), nullable=True),
     Column("currency", Text, nullable=True),
     Column("status", Text, nullable=False, server_default="ACTIVE"),
+    #: Tier id -> P at that tier instead of `points` (0011).
+    Column("tier_points", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("revision", BigInteger, nullable=False, server_default="1"),
     _ts("created_at"),
     _ts("updated_at"),
@@ -138,6 +147,7 @@ earn_rules = Table(
     Index("uq_earn_rules_one_active", "trigger", text("coalesce(currency, '')"),
           text("coalesce(activity, '')"), unique=True,
           postgresql_where=text("status = 'ACTIVE'")),
+    CheckConstraint("jsonb_typeof(tier_points) = 'object'", name="tier_points_object"),
 )
 
 ledger_entries = Table(
@@ -179,6 +189,8 @@ ledger_entries = Table(
            nullable=True),
     #: The account's revision after this entry: revisions chain like balances.
     Column("account_revision", BigInteger, nullable=False),
+    #: The tier an EARN was computed at, when its rule had points for that tier (0011).
+    Column("tier_id", BigInteger, nullable=True),
     _ts("created_at"),
     # An EARN's event type is its rule's trigger.
     ForeignKeyConstraint(["rule_id", "event_type"], ["earn_rules.id", "earn_rules.trigger"],
@@ -260,6 +272,7 @@ earn_rule_revisions = Table(
     Column("status", Text, nullable=False),
     _ts("recorded_at"),
     Column("activity", Text, nullable=True),
+    Column("tier_points", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
 )
 
 #: Every event the worker has accepted, with a fingerprint of its payload, so a
@@ -285,7 +298,7 @@ processed_events = Table(
     CheckConstraint(
         "outcome IN ('earned', 'duplicate_order', 'duplicate_order_changed', 'already_signed_up',"
         " 'no_points', 'no_rule', 'duplicate_activity', 'reversed', 'refund_recorded',"
-        " 'duplicate_refund')",
+        " 'duplicate_refund', 'pending')",
         name="outcome_known",
     ),
     CheckConstraint("(outcome IN ('earned', 'reversed')) = (ledger_entry_id IS NOT NULL AND points > 0)",
@@ -314,13 +327,15 @@ order_refunds = Table(
     Column("due", BigInteger, nullable=False),
     Column("taken", BigInteger, nullable=False),
     Column("shortfall", BigInteger, nullable=False),
+    #: What a refund cancelled of the order's pending points (0011): no entry needed.
+    Column("cancelled", BigInteger, nullable=False, server_default="0"),
     _ts("created_at"),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
-    CheckConstraint("due >= 0 AND taken >= 0 AND shortfall >= 0 AND due = taken + shortfall",
-                    name="due_adds_up"),
+    CheckConstraint("due >= 0 AND taken >= 0 AND shortfall >= 0 AND cancelled >= 0"
+                    " AND due = taken + shortfall + cancelled", name="due_adds_up"),
     CheckConstraint("(taken > 0) = (reverse_entry_id IS NOT NULL)", name="taken_has_entry"),
-    CheckConstraint("earn_entry_id IS NOT NULL OR due = 0", name="due_has_earn"),
+    CheckConstraint("earn_entry_id IS NOT NULL OR due = cancelled", name="due_has_earn"),
 )
 
 #: First result of every staff request (adjust, create, earn, redeem, refund) by
@@ -353,6 +368,8 @@ rewards = Table(
     Column("value", Numeric(18, 4), nullable=True),
     Column("currency", Text, nullable=True),
     Column("cost_in_points", BigInteger, nullable=False),
+    #: What it costs at each tier instead (0011): {"<tier id>": points}.
+    Column("tier_costs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("status", Text, nullable=False, server_default="ACTIVE"),
     Column("revision", BigInteger, nullable=False, server_default="1"),
     _ts("created_at"),
@@ -367,6 +384,7 @@ rewards = Table(
         name="kind_shape"),
     CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_code"),
     CheckConstraint("cost_in_points BETWEEN 1 AND 9999999", name="cost_in_points_range"),
+    CheckConstraint("jsonb_typeof(tier_costs) = 'object'", name="tier_costs_object"),
     CheckConstraint("status IN ('ACTIVE', 'PAUSED')", name="status_known"),
     CheckConstraint("revision >= 1", name="revision_positive"),
 )
@@ -545,7 +563,102 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_status_id", "status", "id"),
 )
 
+#: The program's settings (migration 0011): one row, edited with `loyalty program set`,
+#: its bounds those of `loyalty.program`, checked here again for any writer.
+program = Table(
+    "program",
+    metadata,
+    Column("id", Integer, primary_key=True, server_default="1"),
+    Column("pending_days", Integer, nullable=False, server_default="0"),
+    Column("expiration_mode", Text, nullable=False, server_default="off"),
+    Column("expiration_months", Integer, nullable=True),
+    Column("expiration_percentage", Integer, nullable=True),
+    Column("tiers_status", Text, nullable=False, server_default="DISABLED"),
+    Column("rolling_window_months", Integer, nullable=False, server_default="12"),
+    Column("revision", BigInteger, nullable=False, server_default="1"),
+    _ts("updated_at"),
+    CheckConstraint("id = 1", name="one_row"),
+    CheckConstraint("pending_days BETWEEN 0 AND 90", name="pending_days_range"),
+    CheckConstraint(PROGRAM_EXPIRATION_CHECK, name="expiration_shape"),
+    CheckConstraint("expiration_months BETWEEN 1 AND 60", name="expiration_months_range"),
+    CheckConstraint("expiration_percentage BETWEEN 1 AND 100", name="expiration_percentage_range"),
+    CheckConstraint("tiers_status IN ('ACTIVE', 'PAUSED', 'DISABLED')", name="tiers_status_known"),
+    CheckConstraint("rolling_window_months BETWEEN 1 AND 36", name="rolling_window_range"),
+    CheckConstraint("revision >= 1", name="revision_positive"),
+)
+
+#: A credit's points until they are used up (migration 0011): the ledger's trigger
+#: `ledger_entries_lots` writes and consumes lots; a deferred trigger holds the remaining
+#: points of an account's available lots equal to its balance.
+point_lots = Table(
+    "point_lots",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
+    #: NULL for a balance that was there before lots (one opening lot per account).
+    Column("entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"), nullable=True,
+           unique=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
+    Column("status", Text, nullable=False, server_default="available"),
+    Column("available_at", DateTime(timezone=True), nullable=False),
+    #: An order's pending lot (0011) keeps what its EARN will say when it becomes available.
+    Column("order_id", Text, nullable=True),
+    Column("event_id", Text, nullable=True),
+    Column("rule_id", BigInteger, nullable=True),
+    Column("rule_revision", BigInteger, nullable=True),
+    Column("order_total", Numeric(18, 4), nullable=True),
+    Column("currency", Text, nullable=True),
+    _ts("created_at"),
+    Column("tier_id", BigInteger, nullable=True),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("status <> 'pending' OR (entry_id IS NULL AND order_id IS NOT NULL"
+                    " AND event_id IS NOT NULL AND rule_id IS NOT NULL"
+                    " AND rule_revision IS NOT NULL)", name="pending_shape"),
+    Index("uq_point_lots_one_order", "account_id", "order_id", unique=True,
+          postgresql_where=text("order_id IS NOT NULL")),
+    Index("ix_point_lots_pending_until", "available_at",
+          postgresql_where=text("remaining > 0 AND status = 'pending'")),
+    CheckConstraint("remaining BETWEEN 0 AND amount", name="remaining_range"),
+    CheckConstraint("status IN ('pending', 'available')", name="status_known"),
+    Index("ix_point_lots_open", "account_id", "available_at", "id",
+          postgresql_where=text("remaining > 0")),
+    Index("ix_point_lots_open_since", "available_at",
+          postgresql_where=text("remaining > 0 AND status = 'available'")),
+)
+
+#: Tier definitions (migration 0011): at most 20 (trigger `tiers_at_most_20`); the base
+#: level is no tier.
+tiers = Table(
+    "tiers",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("required_points", BigInteger, nullable=False, unique=True),
+    Column("description", Text, nullable=True),
+    Column("revision", BigInteger, nullable=False, server_default="1"),
+    _ts("created_at"),
+    _ts("updated_at"),
+    CheckConstraint("char_length(name) BETWEEN 1 AND 50", name="name_length"),
+    CheckConstraint("required_points BETWEEN 1 AND 9999999", name="required_points_range"),
+    CheckConstraint("char_length(description) <= 500", name="description_length"),
+    CheckConstraint("revision >= 1", name="revision_positive"),
+)
+
+#: Each account's tier points over the rolling window and its tier (0011), written only by
+#: `loyalty_recalculate_tiers` (the ledger's trigger and the periodic job).
+account_tiers = Table(
+    "account_tiers",
+    metadata,
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), primary_key=True),
+    Column("tier_id", BigInteger, ForeignKey("tiers.id", ondelete="SET NULL"), nullable=True),
+    Column("points", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("points >= 0", name="points_not_negative"),
+)
+
 __all__ = [
+    "account_tiers",
     "accounts",
     "contacts",
     "dead_letters",
@@ -556,10 +669,13 @@ __all__ = [
     "metadata",
     "order_refunds",
     "outbox_events",
+    "point_lots",
     "processed_events",
+    "program",
     "redemptions",
     "rewards",
     "staff_requests",
+    "tiers",
     "webhook_deliveries",
     "webhook_subscriptions",
 ]

@@ -36,12 +36,27 @@ def account_json(row: Mapping[Any, Any]) -> dict[str, Any]:
             "redeemed": row["redeemed"],
             "expired": row["expired"],
             "reversed": row["reversed"],
+            # Reads only (statements.ACCOUNT), as points_expiration.
+            **({"pending": int(row["pending_points"])} if "pending_points" in row else {}),
         },
         "revision": row["revision"],
         "created_at": _ts(row["created_at"]),
         "updated_at": _ts(row["updated_at"]),
         "last_activity_at": _ts(row["last_activity_at"]),
+        **_expiration(row),
     }
+
+
+def _expiration(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """`points_expiration` where the row was read with it (statements.ACCOUNT): reads of an
+    account show it; results that snapshot an account as a write left it do not."""
+    if "expiration_date" not in row:
+        return {}
+    tier = {"tier": row["tier"]} if "tier" in row else {}
+    if row["expiration_date"] is None or not row["expiring_points"]:
+        return {"points_expiration": None, **tier}
+    return {"points_expiration": {"expiration_date": _ts(row["expiration_date"]),
+                                  "expiring_points": int(row["expiring_points"])}, **tier}
 
 
 def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -103,6 +118,7 @@ def rule_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "money_amount": format(money.normalize(), "f") if money is not None else None,
         "currency": row["currency"],
         "activity": row.get("activity"),
+        "tier_points": row.get("tier_points") or {},
         "status": row["status"],
         "revision": row["revision"],
         "created_at": _ts(row["created_at"]),
@@ -126,6 +142,7 @@ def reward_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "value": _decimal(row["value"]),
         "currency": row["currency"],
         "cost_in_points": row["cost_in_points"],
+        "tier_costs": row.get("tier_costs") or {},
         "status": row["status"],
         "revision": row["revision"],
     }

@@ -411,6 +411,34 @@ class ReplayRequest(Contract):
         return self
 
 
+class ActivatePointsRequest(Contract):
+    """Payload of `loyalty.program.activate_points` (periodic, queue `loyalty.admin`): make
+    available the pending points due at `as_of` (default: now). Idempotent."""
+
+    model_config = ConfigDict(title="loyalty.program.activate_points")
+
+    as_of: Timestamp | None = None
+
+
+class RecalculateTiersRequest(Contract):
+    """Payload of `loyalty.program.recalculate_tiers` (periodic, queue `loyalty.admin`):
+    every account's tier as of `as_of` (default: now), as the rolling window slides."""
+
+    model_config = ConfigDict(title="loyalty.program.recalculate_tiers")
+
+    as_of: Timestamp | None = None
+
+
+class ExpirePointsRequest(Contract):
+    """Payload of `loyalty.program.expire_points` (periodic, queue `loyalty.admin`): expire
+    what is due at `as_of` (default: now), so operators can backfill and tests can move
+    the clock. Idempotent: the same moment twice expires nothing twice."""
+
+    model_config = ConfigDict(title="loyalty.program.expire_points")
+
+    as_of: Timestamp | None = None
+
+
 #: Events per bulk message: big enough to amortise a message, small enough for one batch.
 BULK_MAX_EVENTS = 1000
 
@@ -464,6 +492,9 @@ TASKS: dict[str, tuple[str, type[Contract]]] = {
     "loyalty.accounts.redeem_points": (ADMIN_QUEUE, RedeemPointsRequest),
     "loyalty.accounts.refund_transaction": (ADMIN_QUEUE, RefundTransactionRequest),
     "loyalty.deadletters.replay": (ADMIN_QUEUE, ReplayRequest),
+    "loyalty.program.activate_points": (ADMIN_QUEUE, ActivatePointsRequest),
+    "loyalty.program.expire_points": (ADMIN_QUEUE, ExpirePointsRequest),
+    "loyalty.program.recalculate_tiers": (ADMIN_QUEUE, RecalculateTiersRequest),
 }
 
 #: Payload model -> its task's name: code names a task by its contract, not by a string.

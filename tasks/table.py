@@ -20,20 +20,23 @@ from typing import Any
 from schemas.events import (
     TASK_OF,
     TASKS,
+    ActivatePointsRequest,
     ActivityEvent,
     AdjustPointsRequest,
     BulkEvents,
     Contract,
     CreateAccountRequest,
     EarnPointsRequest,
+    ExpirePointsRequest,
     OrderCompletedEvent,
     OrderRefundedEvent,
+    RecalculateTiersRequest,
     RedeemPointsRequest,
     RefundTransactionRequest,
     ReplayRequest,
     SignupEvent,
 )
-from tasks import accounts, deadletters, events
+from tasks import accounts, deadletters, events, program
 
 #: A handler applies one parsed payload: `(ledger, payload) -> result`. It raises a
 #: `LoyaltyError` for what cannot be applied; the outcome policy does the rest.
@@ -84,6 +87,10 @@ TABLE: tuple[Task, ...] = (
     Task(RefundTransactionRequest, accounts.refund_transaction, answers=True,
          on_dead_letter=accounts.rejected, replayable=False),
     Task(ReplayRequest, deadletters.replay, answers=True, replayable=False),
+    # Periodic (`loyalty beat`); idempotent, so a dead letter is simply the next run's work.
+    Task(ActivatePointsRequest, program.activate_points, answers=True, replayable=False),
+    Task(ExpirePointsRequest, program.expire_points, answers=True, replayable=False),
+    Task(RecalculateTiersRequest, program.recalculate_tiers, answers=True, replayable=False),
 )
 
 BY_NAME: dict[str, Task] = {task.name: task for task in TABLE}

@@ -52,3 +52,17 @@ def database_error(exc: Exception) -> LoyaltyError:
         return exc
     message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     return TransientError(f"database error: {message}")
+
+
+def tier_pairs(given: tuple[str, ...], option: str) -> dict[int, int]:
+    """`TIER_ID=POINTS` options (repeatable) as {tier id: points}."""
+    pairs: dict[int, int] = {}
+    for item in given:
+        tier, sep, points = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            pairs[int(tier)] = int(points)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not TIER_ID=POINTS", param_hint=option) from None
+    return pairs

@@ -22,8 +22,10 @@ from loyalty.cli import (
 from loyalty.cli.output import error_line
 from loyalty.errors import (
     InvalidPayload,
+    InvalidProgram,
     InvalidReward,
     InvalidRule,
+    InvalidTier,
     LoyaltyError,
     NotMigratedError,
 )
@@ -36,9 +38,11 @@ def cli() -> None:
     """Loyalty-points ledger: events in, exact idempotent ledger out."""
 
 
-for _command in (schema.db_group, serve.worker_command, publish.publish_group,
+for _command in (schema.db_group, serve.worker_command, serve.beat_command, publish.publish_group,
                  accounts.accounts_group, accounts.transactions_group, publish.adjust,
-                 rules.rules_group, program.totals, program.verify, program.events_group,
+                 rules.rules_group, program.program_group, program.totals, program.verify,
+                 program.events_group, program.pending_group,
+                 program.tiers_group,
                  dead_letters.dlq_group, staff.earn, staff.redeem, staff.refund_transaction,
                  rewards.rewards_group, rewards.redemptions_group, webhooks.webhooks_group,
                  operations.health_command, operations.relay_command):
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     except NotMigratedError as exc:
         error_line(str(exc))
         sys.exit(3)
-    except (InvalidPayload, InvalidCursor, InvalidRule, InvalidReward) as exc:
+    except (InvalidPayload, InvalidCursor, InvalidRule, InvalidReward,
+            InvalidProgram, InvalidTier) as exc:
         error_line(str(exc))
         sys.exit(2)
     except LoyaltyError as exc:

@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-from loyalty.cli.context import ROW_ID, Context, one_of, pass_ctx
+from loyalty.cli.context import ROW_ID, Context, one_of, pass_ctx, tier_pairs
 from loyalty.cli.output import JSON_HELP, Columns, emit, table
 from loyalty.rewards import KINDS
 
@@ -60,16 +60,20 @@ def rewards_list(ctx: Context, as_json: bool) -> None:
 @click.option("--value", help="Money off (discount_amount) or a percentage (discount_percent).")
 @click.option("--currency", help="ISO 4217 code, for discount_amount.")
 @click.option("--cost-in-points", type=int, required=True)
+@click.option("--tier-cost", "tier_costs", multiple=True, metavar="TIER_ID=POINTS",
+              help="What it costs at a tier instead (repeatable).")
 @click.option("--paused", is_flag=True, help="Create the reward PAUSED.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rewards_create(ctx: Context, name: str, kind: str, value: str | None, currency: str | None,
-                   cost_in_points: int, paused: bool, as_json: bool) -> None:
+                   cost_in_points: int, tier_costs: tuple[str, ...], paused: bool,
+                   as_json: bool) -> None:
     """Create a reward."""
     amount = _value(value)
     emit(ctx.ledger().create_reward(name=name, kind=kind, value=amount, currency=currency,
                                     cost_in_points=cost_in_points,
-                                    status="PAUSED" if paused else "ACTIVE"), as_json)
+                                    status="PAUSED" if paused else "ACTIVE",
+                                    tier_costs=tier_pairs(tier_costs, "--tier-cost")), as_json)
 
 
 @rewards_group.command("update")
@@ -79,17 +83,22 @@ def rewards_create(ctx: Context, name: str, kind: str, value: str | None, curren
 @click.option("--value")
 @click.option("--currency")
 @click.option("--cost-in-points", type=int)
+@click.option("--tier-cost", "tier_costs", multiple=True, metavar="TIER_ID=POINTS",
+              help="Per-tier costs, replacing those it had (repeatable).")
 @click.option("--revision", type=ROW_ID, help="Refuse unless the reward is at this revision.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rewards_update(ctx: Context, reward_id: int, name: str | None, kind: str | None,
                    value: str | None, currency: str | None, cost_in_points: int | None,
-                   revision: int | None, as_json: bool) -> None:
+                   tier_costs: tuple[str, ...], revision: int | None, as_json: bool) -> None:
     """Change a reward; its revision goes up by one."""
     amount = _value(value)
     emit(ctx.ledger().update_reward(reward_id, expected_revision=revision, name=name, kind=kind,
                                     value=amount, currency=currency,
-                                    cost_in_points=cost_in_points), as_json)
+                                    cost_in_points=cost_in_points,
+                                    tier_costs=tier_pairs(tier_costs, "--tier-cost") if tier_costs
+                                    else None),
+         as_json)
 
 
 def _set_status(ctx: Context, reward_id: int, status: str, revision: int | None,

@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-from loyalty.cli.context import ROW_ID, Context, pass_ctx
+from loyalty.cli.context import ROW_ID, Context, pass_ctx, tier_pairs
 from loyalty.cli.output import JSON_HELP, Columns, emit, table
 
 RULE_COLUMNS: Columns = [
@@ -55,18 +55,21 @@ def rules_list(ctx: Context, as_json: bool) -> None:
 @click.option("--points", type=int, required=True, help="N for fixed; P in P points per M.")
 @click.option("--per", "money_amount", help="M money units, for a conversion rule.")
 @click.option("--currency", help="Only orders in this currency (ISO 4217).")
+@click.option("--tier-points", multiple=True, metavar="TIER_ID=POINTS",
+              help="Points (fixed) or P of P per M (conversion) at a tier (repeatable).")
 @click.option("--paused", is_flag=True, help="Create the rule PAUSED.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_create(ctx: Context, name: str, trigger: str, kind: str, points: int,
                  money_amount: str | None, currency: str | None, paused: bool,
-                 as_json: bool, activity: str | None) -> None:
+                 as_json: bool, activity: str | None, tier_points: tuple[str, ...]) -> None:
     """Create an earn rule."""
     if (trigger == "activity") != (activity is not None):
         raise click.UsageError("--activity goes with --trigger activity, and it needs one")
     rule = ctx.ledger().create_rule(
         name=name, trigger=trigger, kind=kind, points=points, money_amount=_money(money_amount),
-        currency=currency, status="PAUSED" if paused else "ACTIVE", activity=activity)
+        currency=currency, status="PAUSED" if paused else "ACTIVE", activity=activity,
+        tier_points=tier_pairs(tier_points, "--tier-points"))
     emit(rule, as_json)
 
 
@@ -78,18 +81,22 @@ def rules_create(ctx: Context, name: str, trigger: str, kind: str, points: int,
 @click.option("--per", "money_amount")
 @click.option("--currency")
 @click.option("--any-currency", is_flag=True, help="Remove the currency restriction.")
+@click.option("--tier-points", multiple=True, metavar="TIER_ID=POINTS",
+              help="Per-tier points, replacing those it had (repeatable).")
 @click.option("--revision", type=ROW_ID, help="Refuse unless the rule is at this revision.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
 def rules_update(ctx: Context, rule_id: int, name: str | None, kind: str | None,
                  points: int | None, money_amount: str | None, currency: str | None,
-                 any_currency: bool, revision: int | None, as_json: bool) -> None:
+                 any_currency: bool, revision: int | None, as_json: bool,
+                 tier_points: tuple[str, ...]) -> None:
     """Change a rule; its revision goes up by one."""
     if currency and any_currency:
         raise click.UsageError("give --currency or --any-currency, not both")
     rule = ctx.ledger().update_rule(
         rule_id, expected_revision=revision, name=name, kind=kind, points=points,
-        money_amount=_money(money_amount), currency=currency, any_currency=any_currency)
+        money_amount=_money(money_amount), currency=currency, any_currency=any_currency,
+        tier_points=tier_pairs(tier_points, "--tier-points") if tier_points else None)
     emit(rule, as_json)
 
 

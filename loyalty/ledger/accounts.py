@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, func, select
 from loyalty import views
 from loyalty.errors import AccountNotFound, InvalidPayload
 from loyalty.ledger.boundary import read
-from loyalty.ledger.statements import ACCOUNT
+from loyalty.ledger.statements import ACCOUNT, ACCOUNT_ROW
 from loyalty.tables import accounts, contacts, ledger_entries, order_refunds, processed_events
 
 POINTS = ("balance", "earned", "adjusted", "redeemed", "expired", "reversed")
@@ -22,7 +22,7 @@ POINTS = ("balance", "earned", "adjusted", "redeemed", "expired", "reversed")
 def lock_account(conn: Connection, *, account_id: UUID | None = None,
                  contact_id: str | None = None) -> Mapping[Any, Any] | None:
     """The account, locked until the transaction ends: it serialises its writers."""
-    query = ACCOUNT.with_for_update(of=accounts)
+    query = ACCOUNT_ROW.with_for_update(of=accounts)
     if account_id is not None:
         query = query.where(accounts.c.id == account_id)
     else:
@@ -118,8 +118,19 @@ def totals(engine: Engine) -> dict[str, Any]:
         *(func.coalesce(func.sum(accounts.c[name]), 0) for name in POINTS),
     )
     row = read(engine, lambda conn: conn.execute(query).one())
+    by_tier = read(engine, lambda conn: conn.exec_driver_sql(TOTALS_BY_TIER).mappings().all())
     return {"points": {name: int(v) for name, v in zip(POINTS, row[1:], strict=True)},
-            "accounts": row[0]}
+            "accounts": row[0],
+            "tiers": [{"id": t["id"], "name": t["name"], "accounts": t["accounts"],
+                       "balance": int(t["balance"])} for t in by_tier]}
+
+
+#: Accounts and balances per tier (0011), lowest tier first; the rest are at the base level.
+TOTALS_BY_TIER = (
+    "SELECT t.id, t.name, count(a.id) AS accounts, COALESCE(sum(a.balance), 0) AS balance"
+    " FROM tiers t LEFT JOIN account_tiers x ON x.tier_id = t.id"
+    " LEFT JOIN accounts a ON a.id = x.account_id"
+    " GROUP BY t.id, t.name, t.required_points ORDER BY t.required_points")
 
 
 def _uuid(value: str, what: str) -> UUID:

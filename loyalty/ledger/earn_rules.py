@@ -40,13 +40,16 @@ def list_rules(engine: Engine) -> dict[str, Any]:
 
 def create_rule(engine: Engine, *, name: str, trigger: str, kind: str, points: int,
                 money_amount: Decimal | None, currency: str | None,
-                status: str = "ACTIVE", activity: str | None = None) -> dict[str, Any]:
+                status: str = "ACTIVE", activity: str | None = None,
+                tier_points: Mapping[int, int] | None = None) -> dict[str, Any]:
     validate_rule(trigger=trigger, kind=kind, points=points, money_amount=money_amount,
                   currency=currency, status=status, activity=activity)
     _check_name(name)
     values = {"name": name, "trigger": trigger, "kind": kind, "points": points,
               "money_amount": money_amount, "currency": currency, "status": status,
-              "activity": activity}
+              "activity": activity,
+              "tier_points": _tier_points(tier_points or {}, trigger, kind, money_amount,
+                                          currency, activity)}
     return _write_rule(
         engine,
         lambda conn: conn.execute(earn_rules.insert().values(**values).returning(earn_rules))
@@ -57,7 +60,8 @@ def create_rule(engine: Engine, *, name: str, trigger: str, kind: str, points: i
 def update_rule(engine: Engine, rule_id: int, *, expected_revision: int | None = None,
                 name: str | None = None, kind: str | None = None, points: int | None = None,
                 money_amount: Decimal | None = None, currency: str | None = None,
-                any_currency: bool = False, status: str | None = None) -> dict[str, Any]:
+                any_currency: bool = False, status: str | None = None,
+                tier_points: Mapping[int, int] | None = None) -> dict[str, Any]:
     """Change a rule; its revision goes up by one so later EARNs record the new terms."""
     def work(conn: Connection) -> Mapping[Any, Any]:
         current = conn.execute(
@@ -70,7 +74,11 @@ def update_rule(engine: Engine, rule_id: int, *, expected_revision: int | None =
                 f"rule {rule_id} is at revision {current['revision']}, not {expected_revision}"
             )
         given = {"name": name, "kind": kind, "points": points, "money_amount": money_amount,
-                 "currency": currency, "status": status}
+                 "currency": currency, "status": status,
+                 "tier_points": None if tier_points is None else _tier_points(
+                     tier_points, current["trigger"], kind or current["kind"],
+                     money_amount if money_amount is not None else current["money_amount"],
+                     current["currency"], current["activity"])}
         merged = {**dict(current), **{k: v for k, v in given.items() if v is not None}}
         if any_currency:
             merged["currency"] = None
@@ -108,7 +116,20 @@ def _write_rule(engine: Engine, work: Callable[[Connection], Mapping[Any, Any]]
 def _rule(row: Mapping[Any, Any]) -> EarnRule:
     return EarnRule(**{k: row[k] for k in (
         "id", "name", "trigger", "kind", "points", "money_amount", "currency", "status", "revision",
-        "activity")})
+        "activity")}, tier_points={int(k): v for k, v in (row.get("tier_points") or {}).items()})
+
+
+def _tier_points(tier_points: Mapping[int, int], trigger: str, kind: str,
+                 money_amount: Decimal | None, currency: str | None, activity: str | None
+                 ) -> dict[str, int]:
+    """Per-tier points as stored (tier ids as JSON keys), each valid as the rule's points."""
+    for tier_id, points in tier_points.items():
+        if tier_id < 1:
+            raise InvalidRule(f"tier id {tier_id} is not a tier")
+        validate_rule(trigger=trigger, kind=kind, points=points,
+                      money_amount=money_amount if kind == "conversion" else None,
+                      currency=currency, status="ACTIVE", activity=activity)
+    return {str(k): v for k, v in sorted(tier_points.items())}
 
 
 def _check_name(name: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -36,6 +37,7 @@ from loyalty.ledger.entries import (
     seen_outcome,
     settled_already,
 )
+from loyalty.ledger.program import settings as program_settings
 from loyalty.ledger.reversing import refunds_work
 from loyalty.rules import EarnRule, select_rule
 from loyalty.tables import accounts, contacts, ledger_entries
@@ -212,6 +214,11 @@ def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]
         earned = {(a, o): (e, p) for a, o, e, p in conn.exec_driver_sql(sql.EARNED_ORDERS, {
             "accounts": [a for a, _ in ordered], "orders": [o for _, o in ordered]})}
     rules = active_rules(conn, "order.completed") if pairs else []
+    pending_days = program_settings(conn).pending_days if pairs else 0
+    # The account's tier at the moment of the earn prices a rule with per-tier points.
+    tiers = {a: t for a, t in conn.exec_driver_sql(sql.TIERS_OF, {
+        "ids": sorted(a for a, _ in pairs)})} if any(r.tier_points for r in rules) else {}
+    now = datetime.now(UTC)
 
     running = {row["id"]: row["balance"] for row in locked.values()}
     revisions = {row["id"]: row["revision"] for row in locked.values()}
@@ -242,20 +249,27 @@ def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]
                 results[i] = NoActiveRule(
                     f"no active order.completed rule for currency {event.currency}")
                 continue
-            points = rule.points_for(event.total)
+            rule_at, tier_id = rule.tier_terms(tiers.get(account_id))
+            points = rule_at.points_for(event.total)
             outcome = "no_points"
             refused = above_ceiling(points, running[account_id]) if points else None
             if refused:
                 results[i] = refused
                 continue
-            if points:
+            until = event.occurred_at + timedelta(days=pending_days)
+            if points and pending_days and until > now:
+                # The points wait in a pending lot; `activate_points` earns them on time.
+                outcome = "pending"
+                earned[(account_id, event.order_id)] = (event.event_id, json.loads(payload))
+                writes.pending(account_id, points, until, event, rule, tier_id)
+            elif points:
                 outcome = "earned"
                 earned[(account_id, event.order_id)] = (event.event_id, json.loads(payload))
                 running[account_id] += points
                 revisions[account_id] += 1
                 entry = writes.earn(account_id, running[account_id], revisions[account_id],
                                     rule, points, event.event_id, "order.completed", event,
-                                    f"Order {event.order_id}")
+                                    f"Order {event.order_id}", tier_id=tier_id)
         results[i] = writes.record(event.event_id, "order.completed", fingerprint,
                                    event.contact_id, account_id, event.order_id, outcome, points,
                                    entry, payload, detail)
@@ -331,10 +345,11 @@ class _Writes:
         self.changes: dict[UUID, int] = {}
         self.entries: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
+        self.lots: list[dict[str, Any]] = []
 
     def earn(self, account_id: UUID, balance_after: int, revision_after: int, rule: EarnRule,
              points: int, event_id: str, event_type: str, order: OrderCompletedEvent | None,
-             description: str, **source: str | None) -> UUID:
+             description: str, **source: Any) -> UUID:
         """One EARN entry; `balance_after` and `revision_after` continue the account's chain."""
         entry = entry_id()
         self.credits[account_id] = self.credits.get(account_id, 0) + points
@@ -343,6 +358,15 @@ class _Writes:
                                        points, event_id, event_type, order, description,
                                        **source))
         return entry
+
+    def pending(self, account_id: UUID, points: int, until: datetime,
+                order: OrderCompletedEvent, rule: EarnRule, tier_id: int | None) -> None:
+        """An order's points as a pending lot: not in the balance until `until`."""
+        self.lots.append({
+            "account_id": account_id, "amount": points, "remaining": points,
+            "status": "pending", "available_at": until, "order_id": order.order_id,
+            "event_id": order.event_id, "rule_id": rule.id, "rule_revision": rule.revision,
+            "order_total": order.total, "currency": order.currency, "tier_id": tier_id})
 
     def record(self, event_id: str, event_type: str, fingerprint: str, contact_id: str,
                account_id: UUID, order_id: str | None, outcome: str, points: int,
@@ -373,3 +397,6 @@ class _Writes:
         if self.records:
             conn.exec_driver_sql(sql.INSERT_PROCESSED,
                                  sql.columns(self.records, sql.PROCESSED_COLUMNS))
+        if self.lots:
+            conn.exec_driver_sql(sql.INSERT_PENDING_LOTS,
+                                 sql.columns(self.lots, sql.PENDING_LOT_COLUMNS))

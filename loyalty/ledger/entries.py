@@ -138,7 +138,8 @@ def entry_id() -> UUID:
 def earn_entry(entry: UUID, account_id: UUID, balance_after: int, revision_after: int,
                rule: EarnRule, points: int, event_id: str, event_type: str,
                order: OrderCompletedEvent | None, description: str, *,
-               activity: str | None = None, reference_id: str | None = None) -> dict[str, Any]:
+               activity: str | None = None, reference_id: str | None = None,
+               tier_id: int | None = None) -> dict[str, Any]:
     """The EARN row: it names the rule revision and, for an order, what it was computed from
     (for an activity, the activity and its reference)."""
     return {
@@ -161,4 +162,5 @@ def earn_entry(entry: UUID, account_id: UUID, balance_after: int, revision_after
         "reference_id": reference_id,
         "refund_id": None,
         "reverses_entry_id": None,
+        "tier_id": tier_id,
     }

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from loyalty.errors import LoyaltyError
 from loyalty.ledger import (
     accounts,
+    activating,
     adjusting,
     boundary,
     crashes,
@@ -24,11 +25,14 @@ from loyalty.ledger import (
     earn_rules,
     earning,
     enrolment,
+    expiring,
     granting,
     operations,
     outbox,
+    program,
     redeeming,
     rewards,
+    tiers,
     verify,
     webhooks,
 )
@@ -103,15 +107,54 @@ class Ledger:
 
     def create_reward(self, *, name: str, kind: str, value: Decimal | None,
                       currency: str | None, cost_in_points: int,
-                      status: str = "ACTIVE") -> dict[str, Any]:
+                      status: str = "ACTIVE",
+                      tier_costs: Mapping[int, int] | None = None) -> dict[str, Any]:
         return rewards.create_reward(self.engine, name=name, kind=kind, value=value,
                                      currency=currency, cost_in_points=cost_in_points,
-                                     status=status)
+                                     status=status, tier_costs=tier_costs)
 
     def update_reward(self, reward_id: int, *, expected_revision: int | None = None,
                       **changes: Any) -> dict[str, Any]:
         return rewards.update_reward(self.engine, reward_id, expected_revision=expected_revision,
                                      **changes)
+
+    # -- program settings --------------------------------------------------------------
+
+    def show_program(self) -> dict[str, Any]:
+        return program.show_program(self.engine)
+
+    def set_program(self, *, expected_revision: int | None = None,
+                    **changes: Any) -> dict[str, Any]:
+        return program.set_program(self.engine, expected_revision=expected_revision, **changes)
+
+    def list_pending(self, *, account_id: UUID | None = None,
+                     contact_id: str | None = None) -> dict[str, Any]:
+        return activating.list_pending(self.engine, account_id=account_id, contact_id=contact_id)
+
+    def list_tiers(self) -> dict[str, Any]:
+        return tiers.list_tiers(self.engine)
+
+    def create_tier(self, *, name: str, required_points: int,
+                    description: str | None = None) -> dict[str, Any]:
+        return tiers.create_tier(self.engine, name=name, required_points=required_points,
+                                 description=description)
+
+    def update_tier(self, tier_id: int, *, expected_revision: int | None = None,
+                    **changes: Any) -> dict[str, Any]:
+        return tiers.update_tier(self.engine, tier_id, expected_revision=expected_revision,
+                                 **changes)
+
+    def delete_tier(self, tier_id: int) -> dict[str, Any]:
+        return tiers.delete_tier(self.engine, tier_id)
+
+    def recalculate_tiers(self, as_of: datetime) -> dict[str, Any]:
+        return tiers.recalculate_tiers(self.engine, as_of)
+
+    def activate_points(self, as_of: datetime) -> dict[str, Any]:
+        return activating.activate_points(self.engine, as_of)
+
+    def expire_points(self, as_of: datetime) -> dict[str, Any]:
+        return expiring.expire_points(self.engine, as_of)
 
     # -- accounts and what happened to them --------------------------------------------
 
@@ -145,19 +188,23 @@ class Ledger:
 
     def create_rule(self, *, name: str, trigger: str, kind: str, points: int,
                     money_amount: Decimal | None, currency: str | None,
-                    status: str = "ACTIVE", activity: str | None = None) -> dict[str, Any]:
+                    status: str = "ACTIVE", activity: str | None = None,
+                    tier_points: Mapping[int, int] | None = None) -> dict[str, Any]:
         return earn_rules.create_rule(self.engine, name=name, trigger=trigger, kind=kind,
                                       points=points, money_amount=money_amount,
-                                      currency=currency, status=status, activity=activity)
+                                      currency=currency, status=status, activity=activity,
+                                      tier_points=tier_points)
 
     def update_rule(self, rule_id: int, *, expected_revision: int | None = None,
                     name: str | None = None, kind: str | None = None, points: int | None = None,
                     money_amount: Decimal | None = None, currency: str | None = None,
-                    any_currency: bool = False, status: str | None = None) -> dict[str, Any]:
+                    any_currency: bool = False, status: str | None = None,
+                    tier_points: Mapping[int, int] | None = None) -> dict[str, Any]:
         return earn_rules.update_rule(self.engine, rule_id, expected_revision=expected_revision,
                                       name=name, kind=kind, points=points,
                                       money_amount=money_amount, currency=currency,
-                                      any_currency=any_currency, status=status)
+                                      any_currency=any_currency, status=status,
+                                      tier_points=tier_points)
 
     # -- dead letters and replay -------------------------------------------------------
 

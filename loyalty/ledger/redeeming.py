@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 
 from loyalty import views
 from loyalty.errors import InvalidPayload, RedemptionNotFound
@@ -57,10 +57,12 @@ def redeem_work(request: RedeemPointsRequest) -> Callable[[Connection], dict[str
         reward = (reward_for_redemption(conn, request.reward_id)
                   if request.reward_id is not None else None)
         count = request.count or 1
+        tier_id = _tier_of(conn, account["id"]) if reward is not None and reward.tier_costs \
+            else None
         decision = decide_redemption(
             balance=account["balance"], revision=account["revision"],
             expected_revision=request.revision, reward_asked=request.reward_id is not None,
-            reward=reward, count=count, amount=request.amount)
+            reward=reward, count=count, amount=request.amount, tier_id=tier_id)
         if not decision.applied:
             return remember(conn, REDEEM_TASK, request.request_id, fingerprint,
                             {"status": "rejected", "reason": decision.reason,
@@ -172,3 +174,12 @@ def get_redemption(engine: Engine, *, redemption_id: str | None = None,
     if row is None:
         raise RedemptionNotFound("no such redemption")
     return views.redemption_json(row)
+
+
+def _tier_of(conn: Connection, account_id: UUID) -> int | None:
+    """The account's tier now (0011), which prices a reward with per-tier costs; none while
+    tiers are DISABLED."""
+    return conn.execute(text(
+        "SELECT x.tier_id FROM account_tiers x JOIN program p ON p.id = 1"
+        " WHERE x.account_id = :a AND p.tiers_status <> 'DISABLED'"), {"a": account_id}
+    ).scalar_one_or_none()

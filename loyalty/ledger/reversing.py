@@ -41,12 +41,19 @@ class _Order:
         self.currency: str | None = row["currency"]
         self.refunds: dict[str, tuple[Decimal, str]] = {}
         self.refunded = Decimal(0)
+        #: Taken from the balance or cancelled while pending: what refunds have had.
         self.taken = 0
+        self.lot_id: int | None = row["lot_id"]
+        #: What is still pending of the order's points (None once available).
+        self.pending: int | None = row["pending"]
 
-    def add(self, refund_id: str, amount: Decimal, currency: str, taken: int) -> None:
+    def add(self, refund_id: str, amount: Decimal, currency: str, taken: int,
+            cancelled: int = 0) -> None:
         self.refunds[refund_id] = (amount, currency)
         self.refunded += amount
-        self.taken += taken
+        self.taken += taken + cancelled
+        if self.pending is not None:
+            self.pending -= cancelled
 
 
 def refunds_work(conn: Connection, refunds: Sequence[tuple[int, OrderRefundedEvent]],
@@ -70,7 +77,8 @@ def refunds_work(conn: Connection, refunds: Sequence[tuple[int, OrderRefundedEve
         for row in conn.exec_driver_sql(sql.ORDER_REFUNDS, arrays).mappings():
             order = orders.get((row["account_id"], row["order_id"]))
             if order is not None:
-                order.add(row["refund_id"], row["amount"], row["currency"], row["taken"])
+                order.add(row["refund_id"], row["amount"], row["currency"], row["taken"],
+                          row["cancelled"])
 
     balances = {row["id"]: row["balance"] for row in locked.values()}
     revisions = {row["id"]: row["revision"] for row in locked.values()}
@@ -103,19 +111,29 @@ def refunds_work(conn: Connection, refunds: Sequence[tuple[int, OrderRefundedEve
             results[i] = writes.record(event, fingerprint, account_id, "duplicate_refund", 0,
                                        None, payload)
             continue
+        pending = order.pending is not None
         take = reversal(earned=order.earned, total=order.total, refunded_before=order.refunded,
                         amount=event.amount, taken_before=order.taken,
-                        balance=balances[account_id])
-        entry = None
-        if take.taken:
+                        balance=order.pending if order.pending is not None
+                        else balances[account_id])
+        entry, cancelled = None, 0
+        if pending:
+            # Points not yet available are cancelled, not reversed: no entry, no balance.
+            assert order.lot_id is not None
+            cancelled, take = take.taken, replace(take, taken=0)
+            if cancelled:
+                writes.cancels[order.lot_id] = writes.cancels.get(order.lot_id, 0) + cancelled
+        elif take.taken:
             assert order.earn_entry_id is not None
             balances[account_id] -= take.taken
             revisions[account_id] += 1
             entry = writes.reverse(event, account_id, balances[account_id],
                                    revisions[account_id], take.taken, order.earn_entry_id)
-        order.add(event.refund_id, event.amount, event.currency, take.taken)
+        order.add(event.refund_id, event.amount, event.currency, take.taken, cancelled)
         detail = {"order_id": event.order_id, "refund_id": event.refund_id,
                   "due": take.due, "taken": take.taken, "shortfall": take.shortfall}
+        if pending:
+            detail["cancelled"] = cancelled
         results[i] = writes.record(event, fingerprint, account_id,
                                    "reversed" if entry else "refund_recorded", take.taken,
                                    entry, payload, detail)
@@ -123,7 +141,8 @@ def refunds_work(conn: Connection, refunds: Sequence[tuple[int, OrderRefundedEve
             "account_id": account_id, "order_id": event.order_id, "refund_id": event.refund_id,
             "event_id": event.event_id, "amount": event.amount, "currency": event.currency,
             "earn_entry_id": order.earn_entry_id, "reverse_entry_id": entry,
-            "due": take.due, "taken": take.taken, "shortfall": take.shortfall})
+            "due": take.due, "taken": take.taken, "shortfall": take.shortfall,
+            "cancelled": cancelled})
     writes.write(conn)
 
 
@@ -136,6 +155,8 @@ class _Writes:
         self.entries: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
         self.refunds: list[dict[str, Any]] = []
+        #: Pending lot -> points the refunds cancel of it.
+        self.cancels: dict[int, int] = {}
 
     def reverse(self, event: OrderRefundedEvent, account_id: UUID, balance_after: int,
                 revision_after: int, points: int, earn_entry_id: UUID) -> UUID:
@@ -180,3 +201,7 @@ class _Writes:
                                  sql.columns(self.records, sql.PROCESSED_COLUMNS))
         if self.refunds:
             conn.exec_driver_sql(sql.INSERT_REFUNDS, sql.columns(self.refunds, sql.REFUND_COLUMNS))
+        if self.cancels:
+            lots = sorted(self.cancels)
+            conn.exec_driver_sql(sql.CANCEL_PENDING, {
+                "ids": lots, "points": [self.cancels[i] for i in lots]})

@@ -13,13 +13,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 
 from loyalty import views
-from loyalty.errors import RewardError, RewardNotFound
+from loyalty.errors import InvalidReward, RewardError, RewardNotFound
 from loyalty.ledger.boundary import LedgerIntegrityError, read, run
 from loyalty.redemptions import Reward
-from loyalty.rewards import validate_reward
+from loyalty.rewards import MAX_COST, validate_reward
 from loyalty.tables import rewards
 
-TERMS = ("name", "kind", "value", "currency", "cost_in_points", "status")
+TERMS = ("name", "kind", "value", "currency", "cost_in_points", "status", "tier_costs")
 
 
 def reward_for_redemption(conn: Connection, reward_id: int) -> Reward | None:
@@ -29,7 +29,8 @@ def reward_for_redemption(conn: Connection, reward_id: int) -> Reward | None:
     if row is None:
         return None
     return Reward(id=row["id"], name=row["name"], cost_in_points=row["cost_in_points"],
-                  status=row["status"], revision=row["revision"])
+                  status=row["status"], revision=row["revision"],
+                  tier_costs={int(k): v for k, v in row["tier_costs"].items()})
 
 
 def list_rewards(engine: Engine) -> dict[str, Any]:
@@ -40,10 +41,12 @@ def list_rewards(engine: Engine) -> dict[str, Any]:
 
 def create_reward(engine: Engine, *, name: str, kind: str, value: Decimal | None,
                   currency: str | None, cost_in_points: int,
-                  status: str = "ACTIVE") -> dict[str, Any]:
+                  status: str = "ACTIVE",
+                  tier_costs: Mapping[int, int] | None = None) -> dict[str, Any]:
     values: dict[str, Any] = {"name": name, "kind": kind, "value": value, "currency": currency,
               "cost_in_points": cost_in_points, "status": status}
     validate_reward(**values)
+    values["tier_costs"] = _tier_costs(tier_costs or {})
     return _write(engine, lambda conn: conn.execute(
         rewards.insert().values(**values).returning(rewards)).mappings().one())
 
@@ -69,11 +72,12 @@ def update_reward(engine: Engine, reward_id: int, *, expected_revision: int | No
                               f" not {expected_revision}")
         merged = {**{t: current[t] for t in TERMS},
                   **{k: v for k, v in changes.items() if v is not None}}
+        merged["tier_costs"] = _tier_costs({int(k): v for k, v in merged["tier_costs"].items()})
         if merged["kind"] in ("free_shipping", "custom"):
             merged["value"] = merged["currency"] = None
         elif merged["kind"] == "discount_percent":
             merged["currency"] = None
-        validate_reward(**merged)
+        validate_reward(**{t: merged[t] for t in TERMS if t != "tier_costs"})
         if all(merged[t] == current[t] for t in TERMS):
             return current  # nothing changes, so the revision does not move either
         return conn.execute(
@@ -82,6 +86,15 @@ def update_reward(engine: Engine, reward_id: int, *, expected_revision: int | No
             .returning(rewards)).mappings().one()
 
     return _write(engine, work)
+
+
+def _tier_costs(costs: Mapping[int, int]) -> dict[str, int]:
+    """Per-tier costs as stored (tier ids as JSON keys), each within a reward's bounds."""
+    for tier_id, cost in costs.items():
+        if tier_id < 1 or not 1 <= cost <= MAX_COST:
+            raise InvalidReward(f"a tier cost is a tier id and 1 to {MAX_COST} points,"
+                                f" not {tier_id}={cost}")
+    return {str(k): v for k, v in sorted(costs.items())}
 
 
 def _write(engine: Engine, work: Callable[[Connection], Mapping[Any, Any]]) -> dict[str, Any]:

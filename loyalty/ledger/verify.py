@@ -120,13 +120,20 @@ CHECKS = {
         SELECT e.account_id, e.id AS entry_id, e.event_id, e.amount, x.expected
         FROM ledger_entries e
         JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
+        -- At the tier it names, the rule's points for that tier (0011).
+        CROSS JOIN LATERAL (SELECT COALESCE(CAST(r.tier_points ->> CAST(e.tier_id AS text)
+                                                 AS bigint), r.points) AS points) t
         CROSS JOIN LATERAL (SELECT CASE
             WHEN r.trigger <> e.event_type THEN NULL
-            WHEN r.kind = 'fixed' THEN r.points
+            WHEN r.kind = 'fixed' THEN t.points
             WHEN e.order_total IS NULL THEN e.amount
             WHEN r.currency IS NOT NULL AND r.currency <> e.currency THEN NULL
-            ELSE div(e.order_total * r.points, r.money_amount) END AS expected) x
-        WHERE e.type = 'EARN' AND e.amount IS DISTINCT FROM x.expected""",
+            ELSE div(e.order_total * t.points, r.money_amount) END AS expected) x
+        -- What refunds cancelled while the points were pending (0011) was never entered.
+        CROSS JOIN LATERAL (SELECT COALESCE(sum(f.cancelled), 0) AS cancelled
+            FROM order_refunds f WHERE e.order_id IS NOT NULL AND f.account_id = e.account_id
+            AND f.order_id = e.order_id) c
+        WHERE e.type = 'EARN' AND e.amount + c.cancelled IS DISTINCT FROM x.expected""",
     "earn_has_rule_revision": """
         SELECT e.account_id, e.id AS entry_id, e.rule_id, e.rule_revision FROM ledger_entries e
         LEFT JOIN earn_rule_revisions r ON r.rule_id = e.rule_id AND r.revision = e.rule_revision
@@ -149,7 +156,10 @@ CHECKS = {
     "entry_has_processed_event": """
         SELECT e.id AS entry_id, e.event_id FROM ledger_entries e
         LEFT JOIN processed_events p ON p.ledger_entry_id = e.id
-        WHERE e.type = 'EARN' AND e.event_id IS NOT NULL AND p.event_id IS NULL""",
+        WHERE e.type = 'EARN' AND e.event_id IS NOT NULL AND p.event_id IS NULL
+          -- An order's points that waited (0011): its event says `pending`, the EARN came later.
+          AND NOT EXISTS (SELECT 1 FROM processed_events q
+                          WHERE q.event_id = e.event_id AND q.outcome = 'pending')""",
     # A REFUND gives back one REDEEM of its own account, exactly, and at most once.
     "refund_matches_redeem": """
         SELECT f.account_id, f.id AS entry_id, f.amount, f.refunds_entry_id,
@@ -211,18 +221,28 @@ LIFECYCLE_EVENT_CHECKS = {
                OR r.account_id <> f.account_id OR r.order_id <> f.order_id
                OR r.refund_id <> f.refund_id OR r.event_id <> f.event_id
                OR r.reverses_entry_id IS DISTINCT FROM f.earn_entry_id))
-           OR f.due <> f.taken + f.shortfall""",
+           OR f.due <> f.taken + f.shortfall + f.cancelled""",
     "reverse_has_refund": """
         SELECT r.account_id, r.id AS entry_id, r.refund_id FROM ledger_entries r
         LEFT JOIN order_refunds f ON f.reverse_entry_id = r.id
         WHERE r.type = 'REVERSE' AND f.reverse_entry_id IS NULL""",
+    # Per order: what it earned is its EARN plus what refunds cancelled while it was pending
+    # (0011), and what its refunds had is what they took plus what they cancelled.
     "refunds_follow_arithmetic": """
-        SELECT f.account_id, f.order_id, sum(f.taken) AS taken, e.amount AS earned,
-               e.order_total, sum(f.amount) AS refunded
-        FROM order_refunds f JOIN ledger_entries e ON e.id = f.earn_entry_id
-        GROUP BY f.account_id, f.order_id, e.amount, e.order_total
-        HAVING sum(f.taken) > CASE WHEN e.order_total IS NULL OR e.order_total <= sum(f.amount)
-            THEN e.amount ELSE LEAST(e.amount, div(e.amount * sum(f.amount), e.order_total)) END""",
+        SELECT o.account_id, o.order_id, o.taken, o.earned, o.order_total, o.refunded
+        FROM (SELECT f.account_id, f.order_id, sum(f.taken + f.cancelled) AS taken,
+                     COALESCE(max(e.amount), 0) + sum(f.cancelled) AS earned,
+                     COALESCE(max(e.order_total), max(l.order_total)) AS order_total,
+                     sum(f.amount) AS refunded
+              FROM order_refunds f
+              LEFT JOIN ledger_entries e ON e.account_id = f.account_id
+                   AND e.order_id = f.order_id AND e.type = 'EARN' AND e.order_id IS NOT NULL
+              LEFT JOIN point_lots l ON l.account_id = f.account_id AND l.order_id = f.order_id
+                   AND l.order_id IS NOT NULL
+              WHERE e.id IS NOT NULL OR l.id IS NOT NULL
+              GROUP BY f.account_id, f.order_id) o
+        WHERE o.taken > CASE WHEN o.order_total IS NULL OR o.order_total <= o.refunded
+            THEN o.earned ELSE LEAST(o.earned, div(o.earned * o.refunded, o.order_total)) END""",
     "refund_event_recorded": """
         SELECT p.event_id, p.outcome, p.points, f.taken FROM processed_events p
         LEFT JOIN order_refunds f ON f.event_id = p.event_id
@@ -241,3 +261,19 @@ LIFECYCLE_EVENT_CHECKS = {
           AND e.activity IS DISTINCT FROM r.activity""",
 }
 CHECKS.update(LIFECYCLE_EVENT_CHECKS)
+
+#: Point lots (migration 0011): what the available lots hold is the balance, and no lot
+#: holds less than nothing or more than it was given.
+LOT_CHECKS = {
+    "lots_equal_balance": """
+        SELECT a.id AS account_id, a.balance, COALESCE(s.held, 0) AS lots_remaining
+        FROM accounts a LEFT JOIN (
+            SELECT account_id, sum(remaining) AS held FROM point_lots
+            WHERE status = 'available' GROUP BY account_id
+        ) s ON s.account_id = a.id
+        WHERE a.balance <> COALESCE(s.held, 0)""",
+    "lot_remaining_in_range": """
+        SELECT id AS lot_id, account_id, amount, remaining FROM point_lots
+        WHERE remaining < 0 OR remaining > amount""",
+}
+CHECKS.update(LOT_CHECKS)

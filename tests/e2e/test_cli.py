@@ -98,7 +98,8 @@ def test_every_read_prints_one_json_document(env: Env) -> None:
         done = env.cli(*args, "--json")
         json.loads(done.stdout)  # exactly one document, nothing else on stdout
     assert env.cli_json("totals") == {"points": {"balance": 0, "earned": 0, "adjusted": 0,
-                                                 "redeemed": 0, "expired": 0, "reversed": 0}, "accounts": 0}
+                                                 "redeemed": 0, "expired": 0, "reversed": 0}, "accounts": 0,
+                                      "tiers": []}
     assert env.cli_json("db", "current")["up_to_date"] is True
 
 

@@ -260,6 +260,7 @@ def test_command_line_output_and_exit_codes(deploy) -> None:  # type: ignore[no-
     assert len(table) == 3, table  # header and one line per account
     assert "\t" not in "".join(table) and "\x1b" not in "".join(table)
     assert any("tab\\there\\nnew\\x1b[31mred" in line for line in table), table
+    # id, contact_id, balance, earned, adjusted, reversed (0009), revision
     columns = [re.split(r" {2,}", line.strip()) for line in table]
     assert {len(c) for c in columns} == {7}, columns  # `reversed` is a column too
     assert json.loads(env.cli("accounts", "list", "--json").stdout)["items"]

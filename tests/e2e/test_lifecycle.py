@@ -58,7 +58,7 @@ class Model:
     def points(self, contact: str) -> dict[str, int]:
         return {"balance": self.balance(contact), "earned": self.earned[contact], "adjusted": 0,
                 "redeemed": self.redeemed[contact], "expired": 0,
-                "reversed": self.reversed[contact]}
+                "reversed": self.reversed[contact], "pending": 0}
 
 
 def _refund(order: Order, refund_id: str, amount: Decimal, event_id: str) -> dict[str, Any]:

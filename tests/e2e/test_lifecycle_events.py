@@ -54,7 +54,7 @@ def test_refunds_partial_full_sent_twice_and_in_another_currency(deploy, broker:
             "--amount", "70.00", "--currency", "USD")
     wait_for(lambda: points(env)["reversed"] == 100, 60, "the rest of the order refunded")
     assert points(env) == {"balance": 100, "earned": 200, "adjusted": 0, "redeemed": 0,
-                           "expired": 0, "reversed": 100}
+                           "expired": 0, "reversed": 100, "pending": 0}
     reverses = env.cli_json("transactions", "list", "--contact-id", "c1", "--type", "REVERSE")
     assert [(e["amount"], e["source"]["refund_id"], e["source"]["taken"])
             for e in reverses["items"]] == [(-70, "r3", 70), (-30, "r1", 30)]
@@ -115,7 +115,7 @@ def test_activities_with_and_without_a_reference_and_in_bulk(deploy) -> None:
     wait_for(lambda: letters_by_message(env).get(unknown) == "no_active_rule", 60,
              "the activity without a rule")
     assert points(env) == {"balance": 100 + 25 + 50 + 40 - 10, "earned": 215, "adjusted": 0,
-                           "redeemed": 0, "expired": 0, "reversed": 10}
+                           "redeemed": 0, "expired": 0, "reversed": 10, "pending": 0}
     earns = env.cli_json("transactions", "list", "--contact-id", "c1", "--type", "EARN")["items"]
     assert sorted(e["source"].get("reference_id") or "-" for e in earns
                   if e["source"]["event_type"] == "activity") == ["-", "-", "product-7"]

@@ -49,7 +49,7 @@ def test_the_lifecycle_through_the_cli(broker_env: Env, running_worker: Worker) 
         "name": "5 USD off", "kind": "discount_amount", "value": "5", "currency": "USD",
         "cost_in_points": 50, "status": "ACTIVE", "revision": 1}
     assert set(reward) == {"id", "name", "kind", "value", "currency", "cost_in_points",
-                           "status", "revision"}
+                           "tier_costs", "status", "revision"}
     code, spent = _run(broker_env, "redeem", "--contact-id", contact, "--reward-id",
                        str(reward["id"]), "--count", "2", "--reference-id", "cart-1",
                        "--actor", "support@shop", "--request-id", f"r-{contact}")
@@ -78,7 +78,7 @@ def test_the_lifecycle_through_the_cli(broker_env: Env, running_worker: Worker) 
 
     account = broker_env.cli_json("accounts", "get", "--contact-id", contact)
     assert account["points"] == {"balance": 115, "earned": 120, "adjusted": 0, "redeemed": 5,
-                                 "expired": 0, "reversed": 0}
+                                 "expired": 0, "reversed": 0, "pending": 0}
     refunds = broker_env.cli_json("transactions", "list", "--contact-id", contact, "--type",
                                   "REFUND")["items"]
     assert [(e["amount"], e["source"]["refunds_transaction_id"]) for e in refunds] == [
@@ -180,7 +180,7 @@ def test_the_readme_try_it_runs_as_written(deploy) -> None:  # type: ignore[no-u
     account = wait_for(lambda: (a := env.cli_json("accounts", "get", "--contact-id", "alice"))
                        ["points"]["reversed"] == 9 and a, 30, "the order refund")
     assert account["points"] == {"balance": 165, "earned": 149, "adjusted": 25, "redeemed": 0,
-                                 "expired": 0, "reversed": 9}
+                                 "expired": 0, "reversed": 9, "pending": 0}
     types = [e["type"] for e in env.cli_json("transactions", "list", "--contact-id",
                                              "alice")["items"]]
     assert types == ["REVERSE", "REFUND", "REDEEM", "ADJUST", "EARN", "EARN"]

@@ -84,7 +84,7 @@ def test_sixteen_concurrent_redemptions_apply_exactly_the_affordable_ones(db_url
     assert sorted(balances) == [10, 25, 40, 55, 70, 85]  # one after another, never below zero
     account = ledger.get_account(contact_id="hot")
     assert account["points"] == {"balance": 10, "earned": 100, "adjusted": 0, "redeemed": 90,
-                                 "expired": 0, "reversed": 0}
+                                 "expired": 0, "reversed": 0, "pending": 0}
     codes = {r["redemption"]["code"] for r in results if r["status"] == "applied"}
     assert len(codes) == 6
     assert ledger.verify()["ok"]

@@ -45,7 +45,7 @@ def test_signup_then_orders_worked_example(ledger: Ledger) -> None:
     ledger.apply_order(order("c1", "B", "0.99"))  # floors to 0 points: no ledger entry
     account = ledger.get_account(contact_id="c1")
     assert account["points"] == {"balance": 149, "earned": 149, "adjusted": 0, "redeemed": 0,
-                                 "expired": 0, "reversed": 0}
+                                 "expired": 0, "reversed": 0, "pending": 0}
     assert account["revision"] == 3
     assert account["member_id"] == "m1"
     assert account["id"] not in ("c1", "m1")
@@ -111,7 +111,8 @@ def test_order_for_unknown_contact_writes_nothing(ledger: Ledger) -> None:
     with pytest.raises(AccountNotFound):
         ledger.apply_order(order("ghost", "A", "10"))
     assert ledger.totals() == {"points": dict.fromkeys(
-        ("balance", "earned", "adjusted", "redeemed", "expired", "reversed"), 0), "accounts": 0}
+        ("balance", "earned", "adjusted", "redeemed", "expired", "reversed"), 0), "accounts": 0,
+        "tiers": []}
 
 
 def test_no_active_rule_then_resume(ledger: Ledger) -> None:
@@ -223,7 +224,8 @@ def test_totals(ledger: Ledger) -> None:
     ledger.apply_signup(signup("c2"))
     ledger.adjust_points(adjust("c2", "r", amount=-40))
     assert ledger.totals() == {"points": {"balance": 160, "earned": 200, "adjusted": -40,
-                                          "redeemed": 0, "expired": 0, "reversed": 0}, "accounts": 2}
+                                          "redeemed": 0, "expired": 0, "reversed": 0}, "accounts": 2,
+                              "tiers": []}
 
 
 def test_dead_letter_redelivery_counts_attempts(ledger: Ledger) -> None:

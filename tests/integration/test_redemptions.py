@@ -210,7 +210,7 @@ def test_repeated_request_ids_return_the_first_result(ledger: Ledger,
         ledger.adjust_points(adjust("alice", "e-1", amount=5))
     account = ledger.get_account(contact_id="alice")
     assert account["points"] == {"balance": 300, "earned": 300, "adjusted": 0, "redeemed": 0,
-                                 "expired": 0, "reversed": 0}
+                                 "expired": 0, "reversed": 0, "pending": 0}
     assert account["revision"] == 4
     assert ledger.verify()["ok"]
 
@@ -219,8 +219,8 @@ def test_rewards_catalogue(ledger: Ledger) -> None:
     made = ledger.create_reward(name="Free shipping", kind="free_shipping", value=None,
                                 currency=None, cost_in_points=150)
     assert made == {"id": made["id"], "name": "Free shipping", "kind": "free_shipping",
-                    "value": None, "currency": None, "cost_in_points": 150, "status": "ACTIVE",
-                    "revision": 1}
+                    "value": None, "currency": None, "cost_in_points": 150, "tier_costs": {},
+                    "status": "ACTIVE", "revision": 1}
     changed = ledger.update_reward(made["id"], expected_revision=1, cost_in_points=120)
     assert (changed["cost_in_points"], changed["revision"]) == (120, 2)
     with pytest.raises(RewardError, match="at revision 2, not 1"):

@@ -54,7 +54,7 @@ def test_partial_then_full_refund_worked_example(shop: Ledger) -> None:
     second = shop.apply_refund(refund("c1", "A", "r2", "39.90"))
     assert (second.outcome, second.points) == ("reversed", 40)  # all of 49 in all
     assert points(shop) == {"balance": 100, "earned": 149, "adjusted": 0, "redeemed": 0,
-                            "expired": 0, "reversed": 49}
+                            "expired": 0, "reversed": 49, "pending": 0}
     entries = shop.list_transactions(contact_id="c1", type_="REVERSE")["items"]
     earn = shop.list_transactions(contact_id="c1", type_="EARN")["items"][0]
     assert [(e["type"], e["amount"]) for e in entries] == [("REVERSE", -40), ("REVERSE", -9)]

@@ -26,7 +26,8 @@ def test_what_derives_from_the_table() -> None:
     assert QUEUES == (EVENTS_QUEUE, ADMIN_QUEUE)
     assert routes() == {"loyalty.events.*": {"queue": "loyalty.events"},
                         "loyalty.accounts.*": {"queue": "loyalty.admin"},
-                        "loyalty.deadletters.*": {"queue": "loyalty.admin"}}
+                        "loyalty.deadletters.*": {"queue": "loyalty.admin"},
+                        "loyalty.program.*": {"queue": "loyalty.admin"}}
 
 
 def test_domain_code_imports_no_worker_and_the_worker_builds_no_app_at_import() -> None:
