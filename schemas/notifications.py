@@ -3,8 +3,7 @@ and by webhook, one JSON Schema per event type in schemas/json/.
 
 Every event is `{id, type, occurred_at, account_id, contact_id, data}`; `id` is unique
 and stable (a consumer drops duplicates by it) and `data` depends on the type.
-`account.tier_changed` and `points.expiring_soon` are defined now and sent once tiers and
-expiration exist (issue 11); nothing emits them yet.
+`account.tier_changed` is written by a trigger on `account_tiers` (migration 0012).
 """
 
 from __future__ import annotations
@@ -43,10 +42,10 @@ class PointsUpdatedData(_Data):
 
 
 class TierChangedData(_Data):
-    """Once tiers exist (issue 11)."""
+    """An account's tier changed (issue 11): tier names, null for the base level (no tier)."""
 
     previous_tier: str | None
-    tier: str
+    tier: str | None
 
 
 class ExpiringSoonData(_Data):

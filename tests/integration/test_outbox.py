@@ -212,3 +212,45 @@ def test_redemptions_and_their_refunds_write_events(ledger: Ledger) -> None:
                      ("redemption.refunded", second["redemption"]["id"])]
     # The signup, the two redemptions and the refund.
     assert len([e for e in events_of(ledger) if e.type == "account.points_updated"]) == 4
+
+
+def test_tier_changes_write_tier_changed_events(ledger: Ledger, raw: psycopg.Connection) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    ledger.set_program(tiers_status="ACTIVE", rolling_window_months=3)
+    ledger.create_tier(name="Silver", required_points=100)
+    ledger.create_tier(name="Gold", required_points=300)
+
+    def tier_events() -> list[OutboxEvent]:
+        return [e for e in events_of(ledger) if e.type == "account.tier_changed"]
+
+    ledger.apply_events([signup("c1")])  # 100 tier points: into Silver
+    ledger.apply_events([order("c1", "A", "250")])  # 350: into Gold
+    ledger.apply_events([order("c1", "B", "10")])  # 360: still Gold, nothing
+    found = tier_events()
+    assert [(e.data["previous_tier"], e.data["tier"]) for e in found] == [
+        (None, "Silver"), ("Silver", "Gold")]
+    # At the revision of the EARN that moved the tier (the lots trigger that recomputes
+    # tiers fires before the outbox trigger of the entries, so it comes first).
+    c1 = [e for e in events_of(ledger) if e.contact_id == "c1"]
+    assert [(e.type, e.account_revision) for e in c1] == [
+        ("account.created", 1), ("account.tier_changed", 2), ("account.points_updated", 2),
+        ("account.tier_changed", 3), ("account.points_updated", 3),
+        ("account.points_updated", 4)]
+    # The window slides past everything: back to the base level, once.
+    ledger.recalculate_tiers(datetime.now(UTC) + timedelta(days=120))
+    ledger.recalculate_tiers(datetime.now(UTC) + timedelta(days=120))
+    found = tier_events()
+    assert [(e.data["previous_tier"], e.data["tier"]) for e in found] == [
+        (None, "Silver"), ("Silver", "Gold"), ("Gold", None)]
+    for event in found:
+        EVENTS[event.type].model_validate(envelope(event))
+    # A recalculation that would move the tier but rolls back leaves no event.
+    account = ledger.get_account(contact_id="c1")
+    with pytest.raises(RolledBack), raw.transaction():
+        raw.execute("SELECT loyalty_recalculate_tiers(ARRAY[%s]::uuid[], now())",
+                    (account["id"],))
+        assert raw.execute("SELECT count(*) FROM outbox_events"
+                           " WHERE type = 'account.tier_changed'").fetchone()[0] == 4
+        raise RolledBack
+    assert len(tier_events()) == 3
