@@ -180,14 +180,17 @@ def signup_work(event: SignupEvent) -> Callable[[Connection], EventOutcome]:
         outcome, points, entry = "already_signed_up" if already else "no_rule", 0, None
         # No rule: the contact and account are real even while the signup bonus is paused.
         if rule is not None:
-            points = rule.points_for()
+            # An account may exist (and hold a tier) before its signup: its tier prices it.
+            rule_at, tier_id = rule.tier_terms(
+                _tiers_of(conn, [account["id"]]).get(account["id"]) if rule.tier_points else None)
+            points = rule_at.points_for()
             refused = above_ceiling(points, account["balance"])
             if refused:
                 raise refused
             outcome = "earned"
             entry = writes.earn(account["id"], account["balance"] + points,
                                 account["revision"] + 1, rule, points, event.event_id,
-                                "signup", None, rule.name)
+                                "signup", None, rule.name, tier_id=tier_id)
         result = writes.record(event.event_id, "signup", fingerprint, event.contact_id,
                                account["id"], None, outcome, points, entry, payload, None)
         writes.write(conn)
@@ -216,8 +219,8 @@ def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]
     rules = active_rules(conn, "order.completed") if pairs else []
     pending_days = program_settings(conn).pending_days if pairs else 0
     # The account's tier at the moment of the earn prices a rule with per-tier points.
-    tiers = {a: t for a, t in conn.exec_driver_sql(sql.TIERS_OF, {
-        "ids": sorted(a for a, _ in pairs)})} if any(r.tier_points for r in rules) else {}
+    tiers = _tiers_of(conn, sorted(a for a, _ in pairs)) \
+        if any(r.tier_points for r in rules) else {}
     now = datetime.now(UTC)
 
     running = {row["id"]: row["balance"] for row in locked.values()}
@@ -297,6 +300,9 @@ def _activities(conn: Connection, activities: list[tuple[int, ActivityEvent]],
             "accounts": [t[0] for t in triples], "activities": [t[1] for t in triples],
             "refs": [t[2] for t in triples]})}
     rules = {r.activity: r for r in active_rules(conn, "activity")}
+    # The account's tier at the moment of the earn prices a rule with per-tier points.
+    tiers = _tiers_of(conn, sorted(row["id"] for row in locked.values())) \
+        if any(r.tier_points for r in rules.values()) else {}
     running = {row["id"]: row["balance"] for row in locked.values()}
     revisions = {row["id"]: row["revision"] for row in locked.values()}
     writes = _Writes()
@@ -313,7 +319,8 @@ def _activities(conn: Connection, activities: list[tuple[int, ActivityEvent]],
             if rule is None:
                 results[i] = NoActiveRule(f"no active activity rule for {event.activity!r}")
                 continue
-            points = rule.points_for()
+            rule_at, tier_id = rule.tier_terms(tiers.get(account_id))
+            points = rule_at.points_for()
             refused = above_ceiling(points, running[account_id])
             if refused:
                 results[i] = refused
@@ -325,10 +332,16 @@ def _activities(conn: Connection, activities: list[tuple[int, ActivityEvent]],
                 earned.add(key)  # type: ignore[arg-type]
             entry = writes.earn(account_id, running[account_id], revisions[account_id], rule,
                                 points, event.event_id, "activity", None, rule.name,
-                                activity=event.activity, reference_id=event.reference_id)
+                                activity=event.activity, reference_id=event.reference_id,
+                                tier_id=tier_id)
         results[i] = writes.record(event.event_id, "activity", fingerprint, event.contact_id,
                                    account_id, None, outcome, points, entry, payload, None)
     writes.write(conn)
+
+
+def _tiers_of(conn: Connection, account_ids: list[UUID]) -> dict[UUID, int]:
+    """These accounts' tiers now (none while tiers are DISABLED): the tier prices an earn."""
+    return {a: t for a, t in conn.exec_driver_sql(sql.TIERS_OF, {"ids": account_ids})}
 
 
 def _seen(conn: Connection, event_ids: list[str]) -> dict[str, Mapping[Any, Any]]:

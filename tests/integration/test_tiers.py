@@ -11,10 +11,10 @@ import pytest
 from loyalty.errors import InvalidTier, TierError
 from loyalty.ledger import Ledger
 from tests.integration.test_invariants_sql import denied, refused
-from tests.integration.test_ledger import order, signup
-from tests.integration.test_redemptions import redeem
+from tests.integration.test_ledger import adjust, order, signup
+from tests.integration.test_redemptions import create, redeem
 from tests.integration.test_redemptions import refund as refund_redemption
-from tests.integration.test_refunds_activities import refund
+from tests.integration.test_refunds_activities import activity, refund
 
 NOW = datetime.now(UTC)
 
@@ -138,4 +138,34 @@ def test_a_rule_earns_the_tier_rate(ledger: Ledger, raw: psycopg.Connection) -> 
     raw.rollback()
     with pytest.raises(Exception, match="points"):
         ledger.update_rule(rule["id"], tier_points={gold["id"]: 0})
+    assert ledger.verify()["violations"] == []
+
+
+def test_signup_and_activity_rules_earn_the_tier_points(
+        ledger: Ledger, raw: psycopg.Connection) -> None:
+    """The account's tier when it earns prices a signup or activity rule with per-tier
+    points; verify recomputes the EARN at the tier it names."""
+    ledger.set_program(tiers_status="ACTIVE")
+    silver = ledger.create_tier(name="Silver", required_points=100)
+    gold = ledger.create_tier(name="Gold", required_points=200)
+    bonus = next(r for r in ledger.list_rules()["items"] if r["trigger"] == "signup")
+    ledger.update_rule(bonus["id"], tier_points={gold["id"]: 500})
+    ledger.create_rule(name="Reviews", trigger="activity", kind="fixed", points=25,
+                       money_amount=None, currency=None, activity="review",
+                       tier_points={silver["id"]: 40})
+    first = ledger.apply_signup(signup("c1"))  # base level: the rule's own 100, now Silver
+    review = ledger.apply_activity(activity("c1", "review", "p-1"))  # at Silver: 40
+    assert (first.points, review.points) == (bonus["points"], 40)
+    # An account opened by staff and lifted to Gold before its signup event.
+    ledger.create_account(create("c2"))
+    ledger.adjust_points(adjust("c2", "lift", amount=250))
+    assert tier(ledger, "c2") == ("Gold", 250)
+    late = ledger.apply_signup(signup("c2"))
+    other = ledger.apply_activity(activity("c2", "review", "p-1"))  # Gold: no tier points
+    assert (late.points, other.points) == (500, 25)
+    tiers_of = dict(raw.execute(
+        "SELECT event_id, tier_id FROM ledger_entries WHERE type = 'EARN'").fetchall())
+    raw.rollback()
+    assert tiers_of == {"signup-c1": None, "act-c1-review-p-1": silver["id"],
+                        "signup-c2": gold["id"], "act-c2-review-p-1": None}
     assert ledger.verify()["violations"] == []
