@@ -129,6 +129,9 @@ class Settings:
     #: Seconds after which `loyalty health` calls the heartbeat stale.
     heartbeat_max_age: int = 30
     # -- the periodic program jobs (docs/operations.md) ----------------------------------
+    #: Days before points expire that the `loyalty.program.expire_points` run sends
+    #: `points.expiring_soon` for them (once per lot, or per account and quiet period).
+    expiring_soon_days: int = 7
     #: What `loyalty beat` sends and how often: `task=seconds` pairs, comma-separated.
     beat_schedule: str = DEFAULT_SCHEDULE
     #: Where `loyalty beat` keeps when each job last ran (Celery beat's schedule file).
@@ -222,6 +225,8 @@ class Settings:
             raise SettingsError("LOYALTY_METRICS_PORT must be a TCP port (0: off)")
         if self.heartbeat_max_age < 2:
             raise SettingsError("LOYALTY_HEARTBEAT_MAX_AGE must be at least 2")
+        if not 1 <= self.expiring_soon_days <= 365:
+            raise SettingsError("LOYALTY_EXPIRING_SOON_DAYS must be between 1 and 365")
         parse_schedule(self.beat_schedule)
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):

@@ -657,12 +657,26 @@ account_tiers = Table(
     CheckConstraint("points >= 0", name="points_not_negative"),
 )
 
+#: `points.expiring_soon` sent (migration 0012): one row per lot, or per account and quiet
+#: period, written with its event by `loyalty_warn_expiring` only; the key makes it once.
+expiry_warnings = Table(
+    "expiry_warnings",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
+    Column("expiration_date", DateTime(timezone=True), nullable=False),
+    Column("expiring_points", BigInteger, nullable=False),
+    _ts("created_at"),
+    CheckConstraint("expiring_points > 0", name="expiring_points_positive"),
+)
+
 __all__ = [
     "account_tiers",
     "accounts",
     "contacts",
     "dead_letters",
     "earn_rules",
+    "expiry_warnings",
     "ledger_entries",
     "ledger_totals",
     "message_crashes",

@@ -3,7 +3,8 @@ and by webhook, one JSON Schema per event type in schemas/json/.
 
 Every event is `{id, type, occurred_at, account_id, contact_id, data}`; `id` is unique
 and stable (a consumer drops duplicates by it) and `data` depends on the type.
-`account.tier_changed` is written by a trigger on `account_tiers` (migration 0012).
+`account.tier_changed` is written by a trigger on `account_tiers`, `points.expiring_soon`
+by the expiration run (migration 0012).
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ class TierChangedData(_Data):
 
 
 class ExpiringSoonData(_Data):
-    """Once expiration exists (issue 11): sent N days before points expire."""
+    """Points expire soon (issue 11): sent once per lot (`lots` mode) or per account and
+    quiet period (`inactivity` mode), LOYALTY_EXPIRING_SOON_DAYS before they expire;
+    shaped as the account's `points_expiration`."""
 
-    points: int = Field(gt=0)
-    expires_at: datetime
+    expiration_date: datetime
+    expiring_points: int = Field(gt=0)
 
 
 class RedemptionData(BaseModel):

@@ -88,7 +88,8 @@ def settings() -> Settings:
 def ledger() -> Ledger:
     """This process's ledger; the engine behind it is created after the fork, per process."""
     s = settings()
-    return Ledger(db.get_engine(s.database_url, s.db_pool_size))
+    return Ledger(db.get_engine(s.database_url, s.db_pool_size),
+                  expiring_soon_days=s.expiring_soon_days)
 
 
 @signals.worker_init.connect

@@ -28,7 +28,7 @@ class Context:
     def ledger(self) -> Ledger:
         engine = db.get_engine(self.settings.database_url, self.settings.db_pool_size)
         db.ensure_migrated(engine)
-        return Ledger(engine)
+        return Ledger(engine, expiring_soon_days=self.settings.expiring_soon_days)
 
     def publisher(self) -> Any:
         """A producer's connection to the broker: the worker is never imported to publish."""

@@ -11,6 +11,10 @@ Idempotent by construction, so two runs (or two beats) at once expire nothing tw
 - `inactivity`: one EXPIRE per account and period of inactivity, keyed
   `expire:inactivity:<account>:<last_activity_at>`; an EXPIRE is not activity, so a
   second run for the same (or a later) moment finds the key and writes nothing.
+
+After expiring, the run warns of what expires within `expiring_soon_days` of `as_of`
+(`points.expiring_soon`, once per lot or per account and quiet period): one call of
+`loyalty_warn_expiring` (0012), which records the warnings and their events.
 """
 
 from __future__ import annotations
@@ -70,15 +74,21 @@ DEBIT_EXPIRED = set_based(
     " FROM unnest(CAST(:ids AS uuid[]), CAST(:points AS bigint[]), CAST(:entries AS bigint[]))"
     " AS d(id, points, entries) WHERE a.id = d.id")
 
+WARN_EXPIRING = set_based(
+    "SELECT public.loyalty_warn_expiring(CAST(:as_of AS timestamptz), CAST(:days AS int))")
+
 #: What one expiration decides for an account: (idempotency key, points, description).
 Expiry = tuple[str, int, str]
 
 
-def expire_points(engine: Engine, as_of: datetime) -> dict[str, Any]:
-    """Expire what is due at `as_of` under the program's expiration mode."""
+def expire_points(engine: Engine, as_of: datetime, expiring_soon_days: int = 7
+                  ) -> dict[str, Any]:
+    """Expire what is due at `as_of` under the program's expiration mode, then warn of
+    what expires within `expiring_soon_days`."""
     settings = read(engine, program_settings.settings)
     report: dict[str, Any] = {"as_of": as_of.isoformat(), "mode": settings.expiration_mode,
-                              "accounts": 0, "entries": 0, "points": 0, "chunks": 0}
+                              "accounts": 0, "entries": 0, "points": 0, "chunks": 0,
+                              "expiring_soon": 0}
     if settings.expiration_mode == "off":
         return report
     months, percentage = settings.expiration_months, settings.expiration_percentage
@@ -103,6 +113,8 @@ def expire_points(engine: Engine, as_of: datetime) -> dict[str, Any]:
         report["points"] += points
         report["chunks"] += 1
         log.info("expire_points: %d of %d accounts done", start + len(ids), len(due))
+    report["expiring_soon"] = run(engine, lambda conn: conn.exec_driver_sql(
+        WARN_EXPIRING, {"as_of": as_of, "days": expiring_soon_days}).scalar_one())
     return report
 
 

@@ -52,8 +52,10 @@ from schemas.events import (
 
 
 class Ledger:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, expiring_soon_days: int = 7) -> None:
         self.engine = engine
+        #: LOYALTY_EXPIRING_SOON_DAYS: how far ahead expire_points warns.
+        self.expiring_soon_days = expiring_soon_days
 
     # -- earning -------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class Ledger:
         return activating.activate_points(self.engine, as_of)
 
     def expire_points(self, as_of: datetime) -> dict[str, Any]:
-        return expiring.expire_points(self.engine, as_of)
+        return expiring.expire_points(self.engine, as_of, self.expiring_soon_days)
 
     # -- accounts and what happened to them --------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 from loyalty.ledger import Ledger
 from tests.integration.test_ledger import order, signup
@@ -64,3 +65,76 @@ def test_off_expires_nothing(ledger: Ledger) -> None:
     ledger.apply_signup(signup("c1"))
     assert ledger.get_account(contact_id="c1")["points_expiration"] is None
     assert ledger.expire_points(NOW + timedelta(days=4000))["entries"] == 0
+
+
+def _warnings(raw: psycopg.Connection) -> list[tuple[str, int, str]]:
+    rows = raw.execute(
+        "SELECT a.contact_id, (o.data ->> 'expiring_points')::bigint, o.data ->> 'expiration_date'"
+        " FROM outbox_events o JOIN accounts a ON a.id = o.account_id"
+        " WHERE o.type = 'points.expiring_soon' ORDER BY o.position").fetchall()
+    raw.rollback()
+    return [(c, p, d) for c, p, d in rows]
+
+
+def test_lots_warn_once_days_before_they_expire(ledger: Ledger, raw: psycopg.Connection) -> None:
+    from loyalty.notifications.events import envelope
+    from schemas.notifications import EVENTS
+
+    ledger.set_program(expiration_mode="lots", expiration_months=6)
+    ledger.apply_signup(signup("c1"))
+    ledger.apply_order(order("c1", "A", "50"))
+    expires = datetime.fromisoformat(
+        ledger.get_account(contact_id="c1")["points_expiration"]["expiration_date"])
+    # Eight days before: nothing yet (7 days by default).
+    early = ledger.expire_points(expires - timedelta(days=8))
+    assert early["expiring_soon"] == 0 and _warnings(raw) == []
+    # Six days before: one warning per lot, once.
+    soon = ledger.expire_points(expires - timedelta(days=6))
+    assert (soon["expiring_soon"], soon["entries"]) == (2, 0)
+    assert sorted(p for _c, p, _d in _warnings(raw)) == [50, 100]
+    assert ledger.expire_points(expires - timedelta(days=6))["expiring_soon"] == 0
+    assert ledger.expire_points(expires - timedelta(days=1))["expiring_soon"] == 0
+    assert len(_warnings(raw)) == 2
+    for event in ledger.outbox_events():
+        if event.type == "points.expiring_soon":
+            EVENTS[event.type].model_validate(envelope(event))
+            assert abs(datetime.fromisoformat(event.data["expiration_date"]) - expires) \
+                < timedelta(days=1)
+    # A wider horizon warns of nothing more; the points then expire once.
+    wide = Ledger(ledger.engine, expiring_soon_days=30)
+    assert wide.expire_points(expires - timedelta(days=6))["expiring_soon"] == 0
+    done = ledger.expire_points(expires + timedelta(days=1))
+    assert (done["entries"], done["expiring_soon"]) == (2, 0)
+    assert ledger.verify()["ok"]
+    # The application cannot record a warning (and so forge its event) by itself.
+    account = ledger.get_account(contact_id="c1")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        raw.execute("INSERT INTO expiry_warnings (key, account_id, expiration_date,"
+                    " expiring_points) VALUES ('lot:0', %s, now(), 1)", (account["id"],))
+    raw.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        raw.execute("SELECT loyalty_warn_expiring(now(), 0)")
+    assert refused.value.diag.constraint_name == "expiry_warnings_days_range"
+    raw.rollback()
+
+
+def test_inactivity_warns_once_per_quiet_period(ledger: Ledger, raw: psycopg.Connection) -> None:
+    ledger.set_program(expiration_mode="inactivity", expiration_months=3,
+                       expiration_percentage=50)
+    ledger.apply_signup(signup("c1"))
+    ledger.apply_signup(signup("c2"))
+    expires = datetime.fromisoformat(
+        ledger.get_account(contact_id="c2")["points_expiration"]["expiration_date"])
+    assert ledger.expire_points(expires - timedelta(days=20))["expiring_soon"] == 0
+    soon = ledger.expire_points(expires - timedelta(days=2))
+    assert soon["expiring_soon"] == 2
+    assert sorted((c, p) for c, p, _d in _warnings(raw)) == [("c1", 50), ("c2", 50)]
+    assert ledger.expire_points(expires - timedelta(days=2))["expiring_soon"] == 0
+    # Activity starts a new quiet period: c1 is warned again, of half its new balance.
+    ledger.apply_order(order("c1", "A", "10"))
+    assert ledger.expire_points(expires - timedelta(days=1))["expiring_soon"] == 1
+    assert [(c, p) for c, p, _d in _warnings(raw)][-1] == ("c1", 55)
+    done = ledger.expire_points(expires + timedelta(days=1))
+    assert (done["entries"], done["expiring_soon"]) == (2, 0)
+    assert len(_warnings(raw)) == 3
+    assert ledger.verify()["ok"]
