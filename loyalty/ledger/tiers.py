@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 
 MAX_REQUIRED_POINTS = 9_999_999
 ALL_ACCOUNTS = "SELECT id FROM accounts ORDER BY id"
+#: The periodic job locks a chunk's accounts (in id order, as every writer does) before
+#: recomputing their tiers: an `account.tier_changed` (0012) then takes a revision no
+#: concurrent entry can pass before it commits, keeping the per-account event order.
+LOCK_CHUNK = set_based(
+    "SELECT a.id FROM unnest(CAST(:ids AS uuid[])) AS k(id) JOIN accounts a ON a.id = k.id"
+    " ORDER BY a.id FOR UPDATE OF a")
 RECALCULATE = set_based(
     "SELECT public.loyalty_recalculate_tiers(CAST(:ids AS uuid[]), CAST(:as_of AS timestamptz))")
 REFUSED = {
@@ -117,10 +123,16 @@ def recalculate_tiers(engine: Engine, as_of: datetime) -> dict[str, Any]:
         ALL_ACCOUNTS)])
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start:start + CHUNK]
-        changed = run(engine, lambda conn, chunk=chunk: conn.exec_driver_sql(  # type: ignore[misc]
-            RECALCULATE, {"ids": chunk, "as_of": as_of}).scalar_one())
+        changed = run(engine, lambda conn, chunk=chunk: _recalculate(  # type: ignore[misc]
+            conn, chunk, as_of))
         report["accounts"] += len(chunk)
         report["changed"] += changed
         report["chunks"] += 1
         log.info("recalculate_tiers: %d of %d accounts done", start + len(chunk), len(ids))
     return report
+
+
+def _recalculate(conn: Connection, ids: list[UUID], as_of: datetime) -> int:
+    conn.exec_driver_sql(LOCK_CHUNK, {"ids": ids}).all()
+    changed: int = conn.exec_driver_sql(RECALCULATE, {"ids": ids, "as_of": as_of}).scalar_one()
+    return changed
