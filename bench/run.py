@@ -40,9 +40,18 @@ from typing import Any
 import psycopg
 from kombu import Connection, Consumer, Queue
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster import PrivateCluster
+from growth import Measured, grow
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ADMIN = "host=127.0.0.1 user=postgres dbname=postgres"
+#: The PostgreSQL server every phase uses: the private cluster unless `--server shared`.
+SERVER = {"host": "127.0.0.1", "port": 5432}
+
+
+def admin_dsn(dbname: str = "postgres") -> str:
+    return f"host={SERVER['host']} port={SERVER['port']} user=postgres dbname={dbname}"
 
 
 def sh(*args: str, env: dict[str, str] | None = None) -> str:
@@ -50,7 +59,7 @@ def sh(*args: str, env: dict[str, str] | None = None) -> str:
 
 
 def admin(sql: str) -> None:
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
         conn.execute(sql)
 
 
@@ -58,7 +67,7 @@ def pgbench_tps(run_id: str) -> float:
     name = f"loyalty_bench_{run_id}_pgbench"
     admin(f'CREATE DATABASE "{name}"')
     try:
-        base = ["-h", "127.0.0.1", "-U", "postgres"]
+        base = ["-h", SERVER["host"], "-p", str(SERVER["port"]), "-U", "postgres"]
         sh("pgbench", *base, "-i", "-s", "10", "-q", name)
         out = sh("pgbench", *base, "-N", "-c", "8", "-j", "2", "-T", "15", name)
         match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
@@ -102,7 +111,7 @@ class Deployment:
     def __init__(self, broker: str, run_id: str,
                  redis_url: str = "redis://127.0.0.1:6379/15") -> None:
         self.db = f"loyalty_bench_{run_id}"
-        self.dsn = f"host=127.0.0.1 user=postgres dbname={self.db}"
+        self.dsn = admin_dsn(self.db)
         self.vhost = None
         if broker == "redis":
             self.broker_url = redis_url
@@ -112,12 +121,12 @@ class Deployment:
             sh("rabbitmqctl", "-q", "add_vhost", self.vhost)
             sh("rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
             self.broker_url = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+        url = f"postgresql+psycopg://postgres@{SERVER['host']}:{SERVER['port']}/{self.db}"
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
-                    "LOYALTY_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}",
+                    "LOYALTY_DATABASE_URL": url,
                     # One role for the bench's throwaway database: privileges cost nothing
                     # per statement, and the seeding below writes as the same role.
-                    "LOYALTY_OWNER_DATABASE_URL":
-                        f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}",
+                    "LOYALTY_OWNER_DATABASE_URL": url,
                     "LOYALTY_BROKER_URL": self.broker_url,
                     "LOYALTY_RESULT_BACKEND": "redis://127.0.0.1:6379/14",
                     "LOYALTY_LOG_LEVEL": "WARNING"}
@@ -132,23 +141,8 @@ class Deployment:
             conn.execute("INSERT INTO accounts (contact_id) SELECT contact_id FROM contacts")
 
     def grow_ledger(self, entries: int) -> int:
-        """ADJUST entries spread over the accounts, written set-based with the triggers off
-        (a bench shortcut); balances, totals and revisions are set to match, so `verify`
-        still checks the whole ledger at the end."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            (accounts,) = conn.execute("SELECT count(*) FROM accounts").fetchone()
-            per = max(1, entries // accounts)
-            conn.execute("SET session_replication_role = replica")
-            conn.execute(
-                "INSERT INTO ledger_entries (account_id, type, amount, balance_after,"
-                " description, idempotency_key, actor, balance_before)"
-                " SELECT a.id, 'ADJUST', 1, k, 'seed', 'seed:' || a.id || ':' || k, 'bench', k - 1"
-                " FROM accounts a CROSS JOIN generate_series(1, %s) k ORDER BY a.id, k", (per,))
-            conn.execute("UPDATE accounts SET balance = %s, adjusted = %s, revision = 1 + %s",
-                         (per, per, per))
-            conn.execute("SET session_replication_role = origin")
-            conn.execute("VACUUM ANALYZE")
-            return int(conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0])
+        """Order EARNs as the worker writes them, up to `entries` (bench/growth.py)."""
+        return grow(self.dsn, entries)
 
     def seed_letters(self, events: list[dict]) -> None:
         """Dead letters as the worker writes them for orders that could not apply yet."""
@@ -211,7 +205,10 @@ def orders(n: int, accounts: int, hot: bool, seed: int, tag: str) -> tuple[list[
         contact = "bench-1" if hot else f"bench-{rng.randint(1, accounts)}"
         total = Decimal(rng.randrange(100, 20000)) / 100
         expected += int(total.to_integral_value(ROUND_FLOOR))
-        events.append({"event_id": f"{tag}-{i}", "contact_id": contact, "order_id": f"{tag}-{i}",
+        # Producers send random event ids (UUIDv4, as loyalty.publish makes them): their
+        # index is the one whose pages a growing ledger spreads writes over.
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        events.append({"event_id": event_id, "contact_id": contact, "order_id": f"{tag}-{i}",
                        "total": str(total), "currency": "USD",
                        "occurred_at": "2026-01-01T00:00:00Z"})
     return events, expected
@@ -236,12 +233,14 @@ def refunds_of(placed: list[dict], share: float, seed: int) -> tuple[list[dict],
     return events, reversed_
 
 
-def drain_rate(dep: Deployment, before: int, n: int) -> float:
-    """Events/s from the first applied event of this drain to its last (polled)."""
-    while dep.query("SELECT count(*) FROM processed_events")[0] == before:
+def drain_rate(dep: Deployment, before: int, n: int,
+               count: str = "SELECT count(*) FROM processed_events") -> float:
+    """Events/s from the first applied event of this drain to its last (polled with `count`,
+    which must stay cheap however large the ledger is)."""
+    while dep.query(count)[0] == before:
         time.sleep(0.02)
     first = time.perf_counter()
-    while (done := dep.query("SELECT count(*) FROM processed_events")[0]) < before + n:
+    while (done := dep.query(count)[0]) < before + n:
         time.sleep(0.05)
     return (done - before) / max(time.perf_counter() - first, 1e-6)
 
@@ -299,6 +298,14 @@ def main() -> None:
                         help="also time `loyalty dlq replay --all` of N dead letters")
     parser.add_argument("--refunds", type=float, default=0, metavar="PCT",
                         help="also drain a stream with PCT%% refunds, e.g. 20 (issue 10)")
+    parser.add_argument("--ledger-sizes", default="", metavar="N,N,...",
+                        help="drain at each ledger size in turn, growing between drains, e.g. "
+                             "0,5000000,20000000 (issue 14); reports WAL per event and costs")
+    parser.add_argument("--server", choices=["private", "shared"], default="private",
+                        help="private: a PostgreSQL cluster of the bench's own, with the "
+                             "settings of bench/cluster.py (default); shared: the one on 5432")
+    parser.add_argument("--pg-port", type=int, default=55432,
+                        help="the private cluster's port")
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
                         help="the Redis broker (emptied first): a private redis-server keeps "
@@ -308,12 +315,15 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from loyalty import db
-    from loyalty.ledger import Ledger
     from loyalty.publish import Publisher
     from loyalty.settings import Settings
 
     run_id = uuid.uuid4().hex[:6]
+    cluster = None
+    if args.server == "private":
+        print(f"starting a private PostgreSQL on port {args.pg_port} ...", file=sys.stderr)
+        cluster = PrivateCluster(args.pg_port).start()
+        SERVER["port"] = args.pg_port
     dep = Deployment(args.broker, run_id, args.redis_url)
     for setting in args.setting:
         name, sep, value = setting.partition("=")
@@ -324,6 +334,9 @@ def main() -> None:
                                "accounts": args.accounts, "processes": args.processes,
                                "concurrency": args.concurrency, "hot": args.hot, "bulk": args.bulk,
                                "settings": args.setting,
+                               "postgres": {"server": args.server, **(
+                                   {"version": cluster.version(), **cluster.settings}
+                                   if cluster else {})},
                                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                                "at": datetime.now(UTC).isoformat()}
     try:
@@ -336,8 +349,13 @@ def main() -> None:
         if args.ledger_entries:
             print(f"growing the ledger to {args.ledger_entries} entries ...", file=sys.stderr)
             results["ledger_entries_before"] = dep.grow_ledger(args.ledger_entries)
-        events, expected = orders(args.events, args.accounts, args.hot, 1, "drain")
         settings = Settings.from_env(dep.env)
+        if args.ledger_sizes:
+            sizes = [int(x) for x in args.ledger_sizes.split(",")]
+            results["sizes"], expected = size_series(dep, args, settings, sizes, cluster)
+            check_ledger(results, dep, expected, None)
+            return
+        events, expected = orders(args.events, args.accounts, args.hot, 1, "drain")
         print(f"publishing {args.events} events ...", file=sys.stderr)
         with Publisher(settings=settings) as publisher:
             started = time.perf_counter()
@@ -400,34 +418,93 @@ def main() -> None:
             results["replay_events_per_s"] = round(args.replay / (time.perf_counter() - started), 1)
             results["replay_summary"] = out["summary"]
             results["replay_vs_drain"] = round(results["replay_events_per_s"] / drain, 3)
-        ledger = Ledger(db.get_engine(dep.env["LOYALTY_DATABASE_URL"]))
-        report = ledger.verify()
-        totals = ledger.totals()
-        db.dispose_all()
-        results["verify_ok"] = report["ok"]
-        results["earned_expected"] = expected
-        results["earned_actual"] = totals["points"]["earned"]
-        if args.refunds:
-            results["reversed_expected"] = reversed_expected
-            results["reversed_actual"] = totals["points"]["reversed"]
+        check_ledger(results, dep, expected, reversed_expected if args.refunds else None)
         if "pgbench_tps" in results:
             results["drain_vs_pgbench"] = round(drain / results["pgbench_tps"], 3)
             results["drain_vs_kombu"] = round(drain / results["kombu_drain_per_s"], 3)
     finally:
         dep.drop()
+        if cluster:
+            cluster.close()
+        write_report(results, args, run_id)
+    if not results.get("verify_ok") or results.get("earned_expected") != results.get("earned_actual") \
+            or results.get("reversed_expected") != results.get("reversed_actual"):
+        raise SystemExit("the ledger does not add up")
+
+
+def check_ledger(results: dict[str, Any], dep: Deployment, expected: int,
+                 reversed_expected: int | None) -> None:
+    """`verify`, and the totals the drains should have added up to."""
+    from loyalty import db
+    from loyalty.ledger import Ledger
+
+    print("verifying the ledger ...", file=sys.stderr)
+    ledger = Ledger(db.get_engine(dep.env["LOYALTY_DATABASE_URL"]))
+    report = ledger.verify()
+    totals = ledger.totals()
+    db.dispose_all()
+    results["verify_ok"] = report["ok"]
+    results["earned_expected"] = expected
+    results["earned_actual"] = totals["points"]["earned"]
+    if reversed_expected is not None:
+        results["reversed_expected"] = reversed_expected
+        results["reversed_actual"] = totals["points"]["reversed"]
+
+
+def write_report(results: dict[str, Any], args: Any, run_id: str) -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     name = (f"{args.broker}-p{args.processes}c{args.concurrency}{'-hot' if args.hot else ''}"
             f"{f'-bulk{args.bulk}' if args.bulk else ''}"
-            f"{f'-refunds{args.refunds:g}' if args.refunds else ''}-{run_id}.json")
+            f"{f'-refunds{args.refunds:g}' if args.refunds else ''}"
+            f"{'-sizes' if args.ledger_sizes else ''}-{run_id}.json")
     (out / name).write_text(json.dumps(results, indent=2, default=str))
     width = max(len(k) for k in results)
     for key, value in results.items():
         print(f"{key.ljust(width)}  {value}")
     print(f"written: bench/results/{name}")
-    if not results.get("verify_ok") or results["earned_expected"] != results["earned_actual"] \
-            or results.get("reversed_expected") != results.get("reversed_actual"):
-        raise SystemExit("the ledger does not add up")
+
+
+def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
+                cluster: PrivateCluster | None) -> tuple[list[dict[str, Any]], int]:
+    """One drain of `--events` orders at each ledger size, the ledger grown in between;
+    each drained by freshly started workers from a pre-filled queue, after a VACUUM ANALYZE
+    and a CHECKPOINT, with its costs measured (bench/growth.py)."""
+    from loyalty.publish import Publisher
+
+    series: list[dict[str, Any]] = []
+    expected = 0
+    for i, size in enumerate(sizes):
+        dep.stop()
+        dep.workers = []
+        if size:
+            print(f"growing the ledger to {size:,} entries ...", file=sys.stderr)
+            dep.grow_ledger(size)
+        events, more = orders(args.events, args.accounts, args.hot, 10 + i, f"size{i}")
+        expected += more
+        with Publisher(settings=settings) as publisher:
+            for event in events:
+                publisher.send("loyalty.events.order_completed", event)
+        admin_db(dep, "VACUUM ANALYZE")
+        admin_db(dep, "CHECKPOINT")
+        (mark, have) = dep.query("SELECT COALESCE(max(seq), 0), count(*) FROM ledger_entries")
+        measured = Measured(dep.dsn)
+        measured.start(cluster.log_text() if cluster else "")
+        print(f"draining {args.events} events at {have:,} entries ...", file=sys.stderr)
+        dep.start_workers(args.processes, args.concurrency)
+        # One EARN per order: counting entries above the mark stays cheap at any size.
+        rate = drain_rate(dep, 0, args.events,
+                          f"SELECT count(*) FROM ledger_entries WHERE seq > {int(mark)}")
+        row = {"ledger_entries": have, "drain_events_per_s": round(rate, 1)}
+        row.update(measured.finish(args.events, cluster.log_text() if cluster else ""))
+        series.append(row)
+        print(f"  {rate:,.0f} events/s, {row['wal_bytes_per_event']} WAL bytes/event",
+              file=sys.stderr)
+    for row in series:
+        row["vs_first"] = round(row["drain_events_per_s"] / series[0]["drain_events_per_s"], 3)
+    (grown,) = dep.query("SELECT COALESCE(sum(amount), 0) FROM ledger_entries"
+                         " WHERE order_id LIKE 'grow-%'")
+    return series, expected + int(grown)
 
 
 def latency(dep: Deployment, steady: list[dict]) -> dict[str, float]:
@@ -437,7 +514,7 @@ def latency(dep: Deployment, steady: list[dict]) -> dict[str, float]:
     with psycopg.connect(dep.dsn) as conn:
         rows = conn.execute(
             "SELECT p.event_id, extract(epoch FROM p.processed_at) FROM processed_events p"
-            " WHERE p.event_id LIKE 'steady-%'").fetchall()
+            " WHERE p.event_id = ANY(%s)", ([e["event_id"] for e in steady],)).fetchall()
     published = {e["event_id"]: datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00"))
                  .timestamp() for e in steady}
     values = sorted((float(t) - published[event_id]) * 1000 for event_id, t in rows)
