@@ -22,8 +22,8 @@ def signup(ledger: Ledger, event: SignupEvent) -> EventOutcome:
 
 def order_completed(ledger: Ledger, event: OrderCompletedEvent) -> EventOutcome:
     """The order's path to its SQL: `earning.apply_events` (one transaction),
-    `events_work`, `_orders_round` (decides it), `_Writes.write` (sends the statements
-    of `loyalty/ledger/statements.py`)."""
+    `events_work`, `_orders_round` (decides it), `earn_writes.EarnWrites.write` (sends the
+    statements of `loyalty/ledger/statements.py`)."""
     return earning.outcome_of(earning.apply_events(ledger.engine, [event])[0])
 
 

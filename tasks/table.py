@@ -7,8 +7,9 @@ queues the worker declares and consumes (`worker.config`), the tasks whose fresh
 messages are batched (`worker.batching`), and the tasks whose dead letters can be
 replayed (`loyalty.replay`).
 
-Adding a task: its payload model and its `TASKS` entry in `schemas/events.py`, one
-`Task` entry below, one handler in the module of its group (docs/design.md).
+Adding a task: its payload model (`schemas/events.py` or `schemas/requests.py`) and its
+`TASKS` entry in `schemas/events.py`, one `Task` entry below, one handler in the module
+of its group (docs/design.md).
 """
 
 from __future__ import annotations

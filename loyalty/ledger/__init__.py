@@ -9,7 +9,8 @@ A room per concept:
 - `boundary`: transactions, savepoints, driver errors translated once;
 - `statements`: the set-based SQL the writers share;
 - `entries`: what an earn writes and reports (`EventOutcome`), and its ceilings;
-- `earning`: events (signups, orders) turned into EARN entries, as batches;
+- `earning`: events (signups, orders) turned into EARN entries, as batches; `earn_writes`:
+  what a unit of earning writes, one statement per table;
 - `adjusting`: staff adjustments (ADJUST entries);
 - `staff_requests`: the first result of every staff request, returned to its repeats;
 - `enrolment`: accounts opened by staff; `granting`: staff earns (EARN, no rule);

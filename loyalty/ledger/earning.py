@@ -6,9 +6,9 @@ savepoint (which contact gets a contested member_id depends on the order), then
 orders in rounds, their accounts locked in id order (so concurrent batches never
 deadlock each other), then activities in stream order, then refunds
 (`loyalty.ledger.reversing`), which may take back what the orders just earned.
-Whatever earns, `_Writes` writes: one UPDATE for the accounts, then one multi-row
-INSERT for the entries and one for the processed events, so every entry carries its
-account revision and what it was computed from.
+Whatever earns, `EarnWrites` (`loyalty.ledger.earn_writes`) writes: one UPDATE for the
+accounts, then one multi-row INSERT for the entries and one for the processed events, so
+every entry carries its account revision and what it was computed from.
 """
 
 from __future__ import annotations
@@ -28,18 +28,17 @@ from loyalty.ledger import statements as sql
 from loyalty.ledger.accounts import lock_account
 from loyalty.ledger.boundary import guarded, transactions
 from loyalty.ledger.earn_rules import active_rules
+from loyalty.ledger.earn_writes import EarnWrites
 from loyalty.ledger.entries import (
     EventOutcome,
     above_ceiling,
-    earn_entry,
-    entry_id,
     order_change,
     seen_outcome,
     settled_already,
 )
 from loyalty.ledger.program import settings as program_settings
 from loyalty.ledger.reversing import refunds_work
-from loyalty.rules import EarnRule, select_rule
+from loyalty.rules import select_rule
 from loyalty.tables import accounts, contacts, ledger_entries
 from schemas.events import ActivityEvent, OrderCompletedEvent, OrderRefundedEvent, SignupEvent
 
@@ -168,7 +167,7 @@ def signup_work(event: SignupEvent) -> Callable[[Connection], EventOutcome]:
         seen = _seen(conn, [event.event_id]).get(event.event_id)
         if seen:
             return seen_outcome(seen, event.event_id, fingerprint)
-        writes = _Writes()
+        writes = EarnWrites()
         already = conn.execute(
             select(ledger_entries.c.id).where(
                 ledger_entries.c.account_id == account["id"],
@@ -225,7 +224,7 @@ def _orders_round(conn: Connection, orders: list[tuple[int, OrderCompletedEvent]
 
     running = {row["id"]: row["balance"] for row in locked.values()}
     revisions = {row["id"]: row["revision"] for row in locked.values()}
-    writes = _Writes()
+    writes = EarnWrites()
     for i, event, fingerprint, payload in primaries:
         row = seen.get(event.event_id)
         if row is not None:
@@ -305,7 +304,7 @@ def _activities(conn: Connection, activities: list[tuple[int, ActivityEvent]],
         if any(r.tier_points for r in rules.values()) else {}
     running = {row["id"]: row["balance"] for row in locked.values()}
     revisions = {row["id"]: row["revision"] for row in locked.values()}
-    writes = _Writes()
+    writes = EarnWrites()
     first: dict[str, tuple[int, str]] = {}
     for i, event, fingerprint, payload in events:
         account = settled_already(results, i, event, fingerprint, first, seen, locked)
@@ -348,68 +347,3 @@ def _seen(conn: Connection, event_ids: list[str]) -> dict[str, Mapping[Any, Any]
     """What earlier deliveries of these events did, by event_id."""
     return {row["event_id"]: row for row in conn.exec_driver_sql(
         sql.SEEN_EVENTS, {"events": event_ids}).mappings()}
-
-
-class _Writes:
-    """What a unit of earning writes, gathered, then sent as one statement per table."""
-
-    def __init__(self) -> None:
-        self.credits: dict[UUID, int] = {}
-        self.changes: dict[UUID, int] = {}
-        self.entries: list[dict[str, Any]] = []
-        self.records: list[dict[str, Any]] = []
-        self.lots: list[dict[str, Any]] = []
-
-    def earn(self, account_id: UUID, balance_after: int, revision_after: int, rule: EarnRule,
-             points: int, event_id: str, event_type: str, order: OrderCompletedEvent | None,
-             description: str, **source: Any) -> UUID:
-        """One EARN entry; `balance_after` and `revision_after` continue the account's chain."""
-        entry = entry_id()
-        self.credits[account_id] = self.credits.get(account_id, 0) + points
-        self.changes[account_id] = self.changes.get(account_id, 0) + 1
-        self.entries.append(earn_entry(entry, account_id, balance_after, revision_after, rule,
-                                       points, event_id, event_type, order, description,
-                                       **source))
-        return entry
-
-    def pending(self, account_id: UUID, points: int, until: datetime,
-                order: OrderCompletedEvent, rule: EarnRule, tier_id: int | None) -> None:
-        """An order's points as a pending lot: not in the balance until `until`."""
-        self.lots.append({
-            "account_id": account_id, "amount": points, "remaining": points,
-            "status": "pending", "available_at": until, "order_id": order.order_id,
-            "event_id": order.event_id, "rule_id": rule.id, "rule_revision": rule.revision,
-            "order_total": order.total, "currency": order.currency, "tier_id": tier_id})
-
-    def record(self, event_id: str, event_type: str, fingerprint: str, contact_id: str,
-               account_id: UUID, order_id: str | None, outcome: str, points: int,
-               entry: UUID | None, payload: str, detail: dict[str, Any] | None
-               ) -> EventOutcome:
-        """The event's processed record (its idempotency key), and what it reports."""
-        self.records.append({
-            "event_id": event_id, "event_type": event_type, "fingerprint": fingerprint,
-            "contact_id": contact_id, "account_id": account_id, "order_id": order_id,
-            "outcome": outcome, "points": points, "ledger_entry_id": entry, "payload": payload,
-            "detail": json.dumps(detail) if detail else None})
-        return EventOutcome(event_id=event_id, outcome=outcome, points=points,
-                            account_id=str(account_id),
-                            ledger_entry_id=str(entry) if entry else None, detail=detail)
-
-    def write(self, conn: Connection) -> None:
-        # The accounts first, then the entries in order: the ledger's statement trigger
-        # checks each balance_after against the one before it, and the last against the
-        # account.
-        if self.credits:
-            ids = sorted(self.credits)
-            conn.exec_driver_sql(sql.CREDIT_ACCOUNTS, {
-                "ids": ids, "points": [self.credits[a] for a in ids],
-                "entries": [self.changes[a] for a in ids]})
-        if self.entries:
-            conn.exec_driver_sql(sql.INSERT_ENTRIES,
-                                 sql.columns(self.entries, sql.ENTRY_COLUMNS))
-        if self.records:
-            conn.exec_driver_sql(sql.INSERT_PROCESSED,
-                                 sql.columns(self.records, sql.PROCESSED_COLUMNS))
-        if self.lots:
-            conn.exec_driver_sql(sql.INSERT_PENDING_LOTS,
-                                 sql.columns(self.lots, sql.PENDING_LOT_COLUMNS))

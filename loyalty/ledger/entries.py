@@ -1,11 +1,13 @@
 """What an event's earn writes and what it reports: pure shapes, no SQL.
 
-`EventOutcome` is the result of one event; `earn_entry` is the ledger row of an
-EARN; `above_ceiling` and `order_change` are the rules every way of earning obeys.
+`EventOutcome` is the result of one event, `processed_record` the row that keeps it;
+`earn_entry` is the ledger row of an EARN; `above_ceiling` and `order_change` are the
+rules every way of earning obeys.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -78,6 +80,22 @@ def settled_already(results: list[Any], i: int, event: Any, fingerprint: str,
     if account is None:
         results[i] = AccountNotFound(f"no loyalty account for contact_id {event.contact_id!r}")
     return account
+
+
+def processed_record(event_id: str, event_type: str, fingerprint: str, contact_id: str,
+                     account_id: UUID, order_id: str | None, outcome: str, points: int,
+                     entry: UUID | None, payload: str, detail: dict[str, Any] | None
+                     ) -> tuple[dict[str, Any], EventOutcome]:
+    """An applied event's processed row (its idempotency key), and the outcome it reports:
+    what `seen_outcome` answers to every later delivery."""
+    row = {
+        "event_id": event_id, "event_type": event_type, "fingerprint": fingerprint,
+        "contact_id": contact_id, "account_id": account_id, "order_id": order_id,
+        "outcome": outcome, "points": points, "ledger_entry_id": entry, "payload": payload,
+        "detail": json.dumps(detail) if detail else None}
+    return row, EventOutcome(event_id=event_id, outcome=outcome, points=points,
+                             account_id=str(account_id),
+                             ledger_entry_id=str(entry) if entry else None, detail=detail)
 
 
 def seen_outcome(row: Mapping[Any, Any], event_id: str, fingerprint: str) -> EventOutcome:

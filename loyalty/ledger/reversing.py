@@ -9,7 +9,6 @@ refund is a batch of one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
@@ -25,7 +24,7 @@ from loyalty.errors import (
     OrderNotFound,
 )
 from loyalty.ledger import statements as sql
-from loyalty.ledger.entries import EventOutcome, entry_id, settled_already
+from loyalty.ledger.entries import EventOutcome, entry_id, processed_record, settled_already
 from loyalty.refunds import reversal
 from schemas.events import OrderRefundedEvent
 
@@ -178,15 +177,11 @@ class _Writes:
     def record(self, event: OrderRefundedEvent, fingerprint: str, account_id: UUID,
                outcome: str, points: int, entry: UUID | None, payload: str,
                detail: dict[str, Any] | None = None) -> EventOutcome:
-        self.records.append({
-            "event_id": event.event_id, "event_type": "order.refunded",
-            "fingerprint": fingerprint, "contact_id": event.contact_id,
-            "account_id": account_id, "order_id": event.order_id, "outcome": outcome,
-            "points": points, "ledger_entry_id": entry, "payload": payload,
-            "detail": json.dumps(detail) if detail else None})
-        return EventOutcome(event_id=event.event_id, outcome=outcome, points=points,
-                            account_id=str(account_id),
-                            ledger_entry_id=str(entry) if entry else None, detail=detail)
+        row, reported = processed_record(event.event_id, "order.refunded", fingerprint,
+                                         event.contact_id, account_id, event.order_id, outcome,
+                                         points, entry, payload, detail)
+        self.records.append(row)
+        return reported
 
     def write(self, conn: Connection) -> None:
         # Accounts first: the ledger's statement triggers compare the entries with them.

@@ -50,7 +50,9 @@ for name in ("loyalty.replay", "tasks.table", "tasks.events", "tasks.accounts",
              "tasks.deadletters", "loyalty.ledger", "loyalty.ledger.earning",
              "loyalty.ledger.dead_letters", "loyalty.policy", "loyalty.publish",
              "loyalty.cli.main", "worker.app", "worker.execution", "worker.consumer",
-             "worker.batching.intake", "worker.batching.job"):
+             "worker.batching.intake", "worker.batching.job", "loyalty.ledger.earn_writes",
+             "loyalty.tables.ledger", "schemas.requests", "schemas.fields",
+             "worker.redis_reliable.channel"):
     for loaded in [m for m in sys.modules if m.split(".")[0] in OURS]:
         del sys.modules[loaded]
     importlib.import_module(name)
