@@ -94,6 +94,14 @@ FROM last JOIN sums s USING (account_id)
 WHERE a.id = last.account_id
 """
 
+#: What the grown lots hold, where the database keeps it per account (0013).
+SETTLE_LOT_TOTALS = """
+INSERT INTO lot_totals AS t (account_id, available)
+SELECT account_id, sum(amount) FROM ledger_entries
+WHERE type = 'EARN' AND order_id LIKE 'grow-%%' AND seq > %(seq)s GROUP BY account_id
+ON CONFLICT (account_id) DO UPDATE SET available = t.available + EXCLUDED.available
+"""
+
 
 def grow(dsn: str, target: int, chunk: int = 1_000_000) -> int:
     """Grow the ledger to `target` entries; returns how many it holds."""
@@ -104,6 +112,8 @@ def grow(dsn: str, target: int, chunk: int = 1_000_000) -> int:
             " ORDER BY id LIMIT 1").fetchone()
         conn.execute(UUID7_AT)
         (have,) = conn.execute("SELECT count(*) FROM ledger_entries").fetchone()
+        # `lot_totals` (migration 0013) exists from the commit that added it on.
+        (kept_lots,) = conn.execute("SELECT to_regclass('lot_totals') IS NOT NULL").fetchone()
         started = time.perf_counter()
         while have < target:
             stop = min(target, have + chunk)
@@ -116,6 +126,8 @@ def grow(dsn: str, target: int, chunk: int = 1_000_000) -> int:
                                           "target": target, "rule": rule,
                                           "revision": revision})
                 conn.execute(SETTLE_ACCOUNTS, {"seq": seq})
+                if kept_lots:
+                    conn.execute(SETTLE_LOT_TOTALS, {"seq": seq})
             have = stop
             print(f"  grown to {have:,} entries ({time.perf_counter() - started:.0f} s)",
                   file=sys.stderr)
@@ -130,8 +142,13 @@ class Measured:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.log_offset = 0
+        self.updates: dict[str, tuple[int, int]] = {}
+
+    def _updates(self) -> dict[str, tuple[int, int]]:
+        return _stat_updates(self.dsn)
 
     def start(self, log_text: str) -> None:
+        self.updates = self._updates()
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             conn.execute("SELECT pg_stat_statements_reset()")
@@ -163,7 +180,12 @@ class Measured:
                 " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')"
                 " AND pg_relation_size(c.oid) > 8 * 1024 * 1024"
                 " ORDER BY 2 DESC").fetchall()
+        updates = self._updates()
         return {
+            # Updates of the rows each batch changes, and how many were HOT (no index entry
+            # written, the new version on the same page).
+            "hot_updates": {name: f"{hot - self.updates[name][1]} of {n - self.updates[name][0]}"
+                            for name, (n, hot) in updates.items() if name in self.updates},
             "wal_records_per_event": round(wal[0] / events, 2),
             "wal_fpi_per_event": round(wal[1] / events, 3),
             "wal_bytes_per_event": round(int(wal[2]) / events),
@@ -175,6 +197,16 @@ class Measured:
             "sizes_mb": {name: round(size / 2**20) for name, size in sizes},
             "plans": ledger_plans(log_text[self.log_offset:]),
         }
+
+
+def _stat_updates(dsn: str) -> dict[str, tuple[int, int]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        rows = conn.execute(
+            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE relname IN ('accounts', 'ledger_totals', 'lot_totals', 'point_lots')"
+        ).fetchall()
+    return {name: (int(n), int(hot)) for name, n, hot in rows}
 
 
 def ledger_plans(log: str, keep: int = 2) -> list[str]:

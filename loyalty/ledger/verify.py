@@ -272,6 +272,20 @@ LOT_CHECKS = {
             WHERE status = 'available' GROUP BY account_id
         ) s ON s.account_id = a.id
         WHERE a.balance <> COALESCE(s.held, 0)""",
+    # What the database keeps per account (`lot_totals`, 0013, which the COMMIT check
+    # reads) is what the lots themselves hold.
+    "lot_totals_equal_lots": """
+        SELECT COALESCE(t.account_id, s.account_id) AS account_id,
+               t.available, t.pending, s.available AS lots_available,
+               s.pending AS lots_pending
+        FROM lot_totals t FULL JOIN (
+            SELECT account_id,
+                   COALESCE(sum(remaining) FILTER (WHERE status = 'available'), 0) AS available,
+                   COALESCE(sum(remaining) FILTER (WHERE status = 'pending'), 0) AS pending
+            FROM point_lots GROUP BY account_id
+        ) s ON s.account_id = t.account_id
+        WHERE (COALESCE(t.available, 0), COALESCE(t.pending, 0))
+              IS DISTINCT FROM (COALESCE(s.available, 0), COALESCE(s.pending, 0))""",
     "lot_remaining_in_range": """
         SELECT id AS lot_id, account_id, amount, remaining FROM point_lots
         WHERE remaining < 0 OR remaining > amount""",

@@ -74,7 +74,9 @@ accounts = Table(
 ledger_entries = Table(
     "ledger_entries",
     metadata,
-    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    #: Time-ordered (UUIDv7, 0013): new entries land on the right-hand edge of the key.
+    Column("id", UUID(as_uuid=True), primary_key=True,
+           server_default=text("loyalty_uuid7()")),
     #: Order of entries within the ledger; balance_after chains along it.
     Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),
     Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
@@ -100,7 +102,7 @@ ledger_entries = Table(
     Column("activity", Text, nullable=True),
     #: The REDEEM entry a REFUND gives back; at most one REFUND per REDEEM.
     Column("refunds_entry_id", UUID(as_uuid=True), ForeignKey("ledger_entries.id"),
-           nullable=True, unique=True),
+           nullable=True),
     Column("balance_before", BigInteger, nullable=True),
     # activity EARN source (0009): the reference it earns once for
     Column("reference_id", Text, nullable=True),
@@ -176,6 +178,9 @@ ledger_entries = Table(
     # A refund reverses once; and the sums of an order's (and account's) reversals.
     Index("uq_ledger_entries_one_reversal", "account_id", "order_id", "refund_id", unique=True,
           postgresql_where=text("type = 'REVERSE'")),
+    # At most one REFUND per REDEEM; partial (0013): no other entry has the column.
+    Index("uq_ledger_entries_refunds_entry_id", "refunds_entry_id", unique=True,
+          postgresql_where=text("refunds_entry_id IS NOT NULL")),
 )
 
 #: Each account's per-type sums of its ledger, kept by a trigger as entries are inserted

@@ -29,7 +29,7 @@ _OUTBOX_TYPES_SQL = ", ".join(f"'{t}'" for t in OUTBOX_EVENT_TYPES)
 outbox_events = Table(
     "outbox_events",
     metadata,
-    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("loyalty_uuid7()")),
     #: Insertion order; with account_revision, the order of one account's events.
     Column("position", BigInteger, Identity(always=True), nullable=False, unique=True),
     Column("type", Text, nullable=False),

@@ -185,6 +185,18 @@ point_lots = Table(
           postgresql_where=text("remaining > 0 AND status = 'available'")),
 )
 
+#: What each account's lots hold, available and pending (0013): kept by statement
+#: triggers on `point_lots` (the application may only read it), and what the COMMIT check
+#: `point_lots_match_balance` compares the balance with.
+lot_totals = Table(
+    "lot_totals",
+    metadata,
+    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), primary_key=True),
+    Column("available", BigInteger, nullable=False, server_default="0"),
+    Column("pending", BigInteger, nullable=False, server_default="0"),
+    CheckConstraint("available >= 0 AND pending >= 0", name="not_negative"),
+)
+
 #: `points.expiring_soon` sent (migration 0012): one row per lot, or per account and quiet
 #: period, written with its event by `loyalty_warn_expiring` only; the key makes it once.
 expiry_warnings = Table(

@@ -57,7 +57,7 @@ rewards = Table(
 redemptions = Table(
     "redemptions",
     metadata,
-    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("loyalty_uuid7()")),
     Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id"), nullable=False),
     #: NULL when redeemed by `amount` rather than for a reward.
     Column("reward_id", BigInteger, ForeignKey("rewards.id"), nullable=True),
