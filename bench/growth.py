@@ -155,7 +155,7 @@ class Measured:
             conn.execute("SELECT pg_stat_reset_shared('wal')")
             conn.execute("SELECT pg_stat_reset_shared('bgwriter')")
             conn.execute("ALTER SYSTEM SET auto_explain.log_min_duration = 0")
-            conn.execute("ALTER SYSTEM SET auto_explain.sample_rate = 0.02")
+            conn.execute("ALTER SYSTEM SET auto_explain.sample_rate = 0.25")
             conn.execute("SELECT pg_reload_conf()")
         self.log_offset = len(log_text)
 
