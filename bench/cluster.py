@@ -121,6 +121,10 @@ class PrivateCluster:
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def postmaster(self) -> int:
+        """The server's process id (every backend is its child)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def version(self) -> str:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             return str(conn.execute("SHOW server_version").fetchone()[0])

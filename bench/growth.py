@@ -16,9 +16,11 @@ size of each table and index.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -36,10 +38,11 @@ WITH a AS (
     SELECT id, contact_id, balance, revision, row_number() OVER (ORDER BY id) - 1 AS ix
     FROM accounts
 ), g AS (
-    SELECT g, g %% %(accounts)s AS ix, 1 + (g * 7919) %% 199 AS amount,
-           now() - make_interval(secs => (%(target)s - g) * 0.01) AS ts,
-           gen_random_uuid()::text AS event_id
-    FROM generate_series(CAST(%(start)s AS bigint), %(stop)s - 1) g
+    SELECT g, ix, amount, ts, EVENT_ID_SQL AS event_id FROM (
+        SELECT g, g %% %(accounts)s AS ix, 1 + (g * 7919) %% 199 AS amount,
+               now() - make_interval(secs => (%(target)s - g) * 0.01) AS ts
+        FROM generate_series(CAST(%(start)s AS bigint), %(stop)s - 1) g
+    ) s
 ), e AS (
     INSERT INTO ledger_entries (id, account_id, type, amount, balance_after, description,
         idempotency_key, event_type, event_id, order_id, rule_id, rule_revision,
@@ -103,8 +106,11 @@ ON CONFLICT (account_id) DO UPDATE SET available = t.available + EXCLUDED.availa
 """
 
 
-def grow(dsn: str, target: int, chunk: int = 1_000_000) -> int:
-    """Grow the ledger to `target` entries; returns how many it holds."""
+def grow(dsn: str, target: int, chunk: int = 1_000_000, time_ordered: bool = False) -> int:
+    """Grow the ledger to `target` entries, with random event ids or, `time_ordered`,
+    UUIDv7 ones at each entry's time; returns how many entries it holds."""
+    statement = GROW_CHUNK.replace(
+        "EVENT_ID_SQL", "pg_temp.uuid7_at(ts)::text" if time_ordered else "gen_random_uuid()::text")
     with psycopg.connect(dsn, autocommit=True) as conn:
         (accounts,) = conn.execute("SELECT count(*) FROM accounts").fetchone()
         (rule, revision) = conn.execute(
@@ -122,7 +128,7 @@ def grow(dsn: str, target: int, chunk: int = 1_000_000) -> int:
                 conn.execute("SET LOCAL synchronous_commit = off")
                 (seq,) = conn.execute(
                     "SELECT COALESCE(max(seq), 0) FROM ledger_entries").fetchone()
-                conn.execute(GROW_CHUNK, {"accounts": accounts, "start": have, "stop": stop,
+                conn.execute(statement, {"accounts": accounts, "start": have, "stop": stop,
                                           "target": target, "rule": rule,
                                           "revision": revision})
                 conn.execute(SETTLE_ACCOUNTS, {"seq": seq})
@@ -143,6 +149,7 @@ class Measured:
         self.dsn = dsn
         self.log_offset = 0
         self.updates: dict[str, tuple[int, int]] = {}
+        self.lsn = "0/0"
 
     def _updates(self) -> dict[str, tuple[int, int]]:
         return _stat_updates(self.dsn)
@@ -150,6 +157,7 @@ class Measured:
     def start(self, log_text: str) -> None:
         self.updates = self._updates()
         with psycopg.connect(self.dsn, autocommit=True) as conn:
+            self.lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             conn.execute("SELECT pg_stat_statements_reset()")
             conn.execute("SELECT pg_stat_reset_shared('wal')")
@@ -160,7 +168,11 @@ class Measured:
         self.log_offset = len(log_text)
 
     def finish(self, events: int, log_text: str) -> dict[str, Any]:
+        """Read after the workers have stopped: a backend sends its WAL and table counters
+        at exit (a busy one at most once a second), and the WAL position is exact."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
+            wal_bytes = conn.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn",
+                                     (self.lsn,)).fetchone()[0]
             conn.execute("ALTER SYSTEM RESET auto_explain.log_min_duration")
             conn.execute("ALTER SYSTEM RESET auto_explain.sample_rate")
             conn.execute("SELECT pg_reload_conf()")
@@ -188,7 +200,7 @@ class Measured:
                             for name, (n, hot) in updates.items() if name in self.updates},
             "wal_records_per_event": round(wal[0] / events, 2),
             "wal_fpi_per_event": round(wal[1] / events, 3),
-            "wal_bytes_per_event": round(int(wal[2]) / events),
+            "wal_bytes_per_event": round(int(wal_bytes) / events),
             "checkpoints_during_drain": checkpoints,
             "top_statements": [
                 {"query": q, "calls": c, "total_ms": float(t), "per_event_ms":
@@ -219,3 +231,30 @@ def ledger_plans(log: str, keep: int = 2) -> list[str]:
             found.append((float(match.group(1)) if match else 0.0, block.strip()))
     found.sort(reverse=True)
     return [block for _, block in found[:keep]]
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """User and system CPU seconds of these processes and all their descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    wanted, total = set(roots), 0.0
+    changed = True
+    while changed:
+        changed = False
+        for pid, (parent, _) in stats.items():
+            if parent in wanted and pid not in wanted:
+                wanted.add(pid)
+                changed = True
+    for pid in wanted:
+        if pid in stats:
+            total += stats[pid][1]
+    return total
+

@@ -40,14 +40,18 @@ from typing import Any
 import psycopg
 from kombu import Connection, Consumer, Queue
 
+from loyalty.ids import uuid7
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import PrivateCluster
-from growth import Measured, grow
+from growth import Measured, grow, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: The PostgreSQL server every phase uses: the private cluster unless `--server shared`.
 SERVER = {"host": "127.0.0.1", "port": 5432}
+#: How the drained (and grown) events' ids are made: `--event-ids`.
+EVENT_IDS = {"kind": "uuid4"}
 
 
 def admin_dsn(dbname: str = "postgres") -> str:
@@ -142,7 +146,7 @@ class Deployment:
 
     def grow_ledger(self, entries: int) -> int:
         """Order EARNs as the worker writes them, up to `entries` (bench/growth.py)."""
-        return grow(self.dsn, entries)
+        return grow(self.dsn, entries, time_ordered=EVENT_IDS["kind"] == "uuid7")
 
     def seed_letters(self, events: list[dict]) -> None:
         """Dead letters as the worker writes them for orders that could not apply yet."""
@@ -205,9 +209,11 @@ def orders(n: int, accounts: int, hot: bool, seed: int, tag: str) -> tuple[list[
         contact = "bench-1" if hot else f"bench-{rng.randint(1, accounts)}"
         total = Decimal(rng.randrange(100, 20000)) / 100
         expected += int(total.to_integral_value(ROUND_FLOOR))
-        # Producers send random event ids (UUIDv4, as loyalty.publish makes them): their
-        # index is the one whose pages a growing ledger spreads writes over.
-        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        # Producers' own event ids are random (UUIDv4) unless they choose otherwise: their
+        # indexes are the ones whose pages a growing ledger spreads writes over. The
+        # producer helper makes time-ordered ones (`--event-ids uuid7`).
+        event_id = str(uuid7() if EVENT_IDS["kind"] == "uuid7"
+                       else uuid.UUID(int=rng.getrandbits(128), version=4))
         events.append({"event_id": event_id, "contact_id": contact, "order_id": f"{tag}-{i}",
                        "total": str(total), "currency": "USD",
                        "occurred_at": "2026-01-01T00:00:00Z"})
@@ -234,12 +240,19 @@ def refunds_of(placed: list[dict], share: float, seed: int) -> tuple[list[dict],
 
 
 def drain_rate(dep: Deployment, before: int, n: int,
-               count: str = "SELECT count(*) FROM processed_events") -> float:
-    """Events/s from the first applied event of this drain to its last (polled with `count`,
-    which must stay cheap however large the ledger is)."""
-    while dep.query(count)[0] == before:
+               count: str = "SELECT count(*) FROM processed_events",
+               on_first: Any = None, estimate: str | None = None) -> float:
+    """Events/s from the first applied event of this drain to its last, polled with
+    `count`; `estimate`, a cheaper query that never says less than `count`, is polled
+    until it says the drain is done. `on_first` is called at the first applied event."""
+    cheap = estimate or count
+    while dep.query(cheap)[0] == before:
         time.sleep(0.02)
     first = time.perf_counter()
+    if on_first:
+        on_first()
+    while dep.query(cheap)[0] < before + n:
+        time.sleep(0.05)
     while (done := dep.query(count)[0]) < before + n:
         time.sleep(0.05)
     return (done - before) / max(time.perf_counter() - first, 1e-6)
@@ -301,6 +314,9 @@ def main() -> None:
     parser.add_argument("--ledger-sizes", default="", metavar="N,N,...",
                         help="drain at each ledger size in turn, growing between drains, e.g. "
                              "0,5000000,20000000 (issue 14); reports WAL per event and costs")
+    parser.add_argument("--event-ids", choices=["uuid4", "uuid7"], default="uuid4",
+                        help="random event ids, as most producers send (default), or "
+                             "time-ordered ones, as the producer helper makes")
     parser.add_argument("--server", choices=["private", "shared"], default="private",
                         help="private: a PostgreSQL cluster of the bench's own, with the "
                              "settings of bench/cluster.py (default); shared: the one on 5432")
@@ -319,6 +335,7 @@ def main() -> None:
     from loyalty.settings import Settings
 
     run_id = uuid.uuid4().hex[:6]
+    EVENT_IDS["kind"] = args.event_ids
     cluster = None
     if args.server == "private":
         print(f"starting a private PostgreSQL on port {args.pg_port} ...", file=sys.stderr)
@@ -333,7 +350,7 @@ def main() -> None:
     results: dict[str, Any] = {"broker": args.broker, "events": args.events,
                                "accounts": args.accounts, "processes": args.processes,
                                "concurrency": args.concurrency, "hot": args.hot, "bulk": args.bulk,
-                               "settings": args.setting,
+                               "settings": args.setting, "event_ids": args.event_ids,
                                "postgres": {"server": args.server, **(
                                    {"version": cluster.version(), **cluster.settings}
                                    if cluster else {})},
@@ -457,7 +474,8 @@ def write_report(results: dict[str, Any], args: Any, run_id: str) -> None:
     name = (f"{args.broker}-p{args.processes}c{args.concurrency}{'-hot' if args.hot else ''}"
             f"{f'-bulk{args.bulk}' if args.bulk else ''}"
             f"{f'-refunds{args.refunds:g}' if args.refunds else ''}"
-            f"{'-sizes' if args.ledger_sizes else ''}-{run_id}.json")
+            f"{'-sizes' if args.ledger_sizes else ''}"
+            f"{'-uuid7' if args.event_ids == 'uuid7' else ''}-{run_id}.json")
     (out / name).write_text(json.dumps(results, indent=2, default=str))
     width = max(len(k) for k in results)
     for key, value in results.items():
@@ -495,10 +513,29 @@ def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
         measured.start(cluster.log_text() if cluster else "")
         print(f"draining {args.events} events at {have:,} entries ({tag}) ...", file=sys.stderr)
         dep.start_workers(args.processes, args.concurrency)
+        cpu: dict[str, float] = {}
+
+        def cpu_now() -> dict[str, float]:
+            return {"worker": tree_cpu_seconds([w.pid for w in dep.workers]),
+                    "postgres": tree_cpu_seconds([cluster.postmaster()]) if cluster else 0.0}
+
         # One EARN per order: counting entries above the mark stays cheap at any size.
+        # (the highest seq says at least as much, at the cost of one index probe).
         rate = drain_rate(dep, 0, args.events,
-                          f"SELECT count(*) FROM ledger_entries WHERE seq > {int(mark)}")
-        row = {"ledger_entries": have, "drain_events_per_s": round(rate, 1)}
+                          f"SELECT count(*) FROM ledger_entries WHERE seq > {int(mark)}",
+                          on_first=lambda: cpu.update(cpu_now()),
+                          estimate=f"SELECT COALESCE(max(seq), 0) - {int(mark)}"
+                                   " FROM ledger_entries")
+        spent = {k: v - cpu[k] for k, v in cpu_now().items()}
+        dep.stop()
+        dep.workers = []
+        time.sleep(1)  # the workers' backends exit and send their counters
+        row = {"ledger_entries": have, "drain_events_per_s": round(rate, 1),
+               # CPU per 1,000 events from the first applied event to the last: the
+               # worker's processes, and every PostgreSQL process (backends, WAL writer,
+               # checkpointer) of the private cluster.
+               "cpu_s_per_1000_events": {k: round(v * 1000 / args.events, 3)
+                                         for k, v in spent.items()}}
         row.update(measured.finish(args.events, cluster.log_text() if cluster else ""))
         print(f"  {rate:,.0f} events/s, {row['wal_bytes_per_event']} WAL bytes/event",
               file=sys.stderr)

@@ -23,6 +23,7 @@ from celery.result import AsyncResult
 from pydantic import ValidationError
 
 from loyalty.errors import InvalidPayload, PublishError
+from loyalty.ids import uuid7
 from loyalty.settings import Settings
 from loyalty.signing import enable_signing
 from schemas.events import (
@@ -185,7 +186,7 @@ class Publisher:
     def signup(self, *, contact_id: str, event_id: str | None = None,
                member_id: str | None = None, email: str | None = None, name: str | None = None,
                occurred_at: str | None = None) -> dict[str, Any]:
-        payload: dict[str, Any] = {"event_id": event_id or str(uuid.uuid4()),
+        payload: dict[str, Any] = {"event_id": event_id or str(uuid7()),
                                    "contact_id": contact_id, "occurred_at": occurred_at or _now()}
         for key, value in (("member_id", member_id), ("email", email), ("name", name)):
             if value is not None:
@@ -195,14 +196,14 @@ class Publisher:
     def order_completed(self, *, contact_id: str, order_id: str, total: str | Decimal,
                         currency: str, event_id: str | None = None,
                         occurred_at: str | None = None) -> dict[str, Any]:
-        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+        payload = {"event_id": event_id or str(uuid7()), "contact_id": contact_id,
                    "order_id": order_id, "total": str(total), "currency": currency,
                    "occurred_at": occurred_at or _now()}
         return self._sent(TASK_OF[OrderCompletedEvent], payload)
 
     def activity(self, *, contact_id: str, activity: str, reference_id: str | None = None,
                  event_id: str | None = None, occurred_at: str | None = None) -> dict[str, Any]:
-        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+        payload = {"event_id": event_id or str(uuid7()), "contact_id": contact_id,
                    "activity": activity, "occurred_at": occurred_at or _now()}
         if reference_id is not None:
             payload["reference_id"] = reference_id
@@ -211,7 +212,7 @@ class Publisher:
     def order_refunded(self, *, contact_id: str, order_id: str, refund_id: str,
                        amount: str | Decimal, currency: str, event_id: str | None = None,
                        occurred_at: str | None = None) -> dict[str, Any]:
-        payload = {"event_id": event_id or str(uuid.uuid4()), "contact_id": contact_id,
+        payload = {"event_id": event_id or str(uuid7()), "contact_id": contact_id,
                    "order_id": order_id, "refund_id": refund_id, "amount": str(amount),
                    "currency": currency, "occurred_at": occurred_at or _now()}
         return self._sent(TASK_OF[OrderRefundedEvent], payload)

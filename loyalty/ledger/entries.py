@@ -8,8 +8,6 @@ rules every way of earning obeys.
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -23,6 +21,7 @@ from loyalty.errors import (
     LoyaltyError,
     PointsAboveMaximum,
 )
+from loyalty.ids import uuid7
 from loyalty.rules import MAX_EARN_POINTS, EarnRule
 from schemas.events import MAX_BALANCE, OrderCompletedEvent
 
@@ -141,16 +140,9 @@ def order_change(first_event_id: str, first: Mapping[str, Any] | None,
 
 
 def entry_id() -> UUID:
-    """A UUIDv7 (RFC 9562): a millisecond timestamp, then random bits.
-
-    Entry ids that grow with time land at the right edge of the primary key's B-tree,
-    so a batch dirties a few index pages instead of one random page per entry.
-    """
-    unix_ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = ((unix_ms & (2**48 - 1)) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
-        | (0b10 << 62) | (rand & (2**62 - 1))
-    return UUID(int=value)
+    """A ledger entry's id: time-ordered (`loyalty.ids`), so that new entries land at the
+    right edge of the primary key."""
+    return uuid7()
 
 
 def earn_entry(entry: UUID, account_id: UUID, balance_after: int, revision_after: int,
