@@ -257,4 +257,3 @@ def tree_cpu_seconds(roots: list[int]) -> float:
         if pid in stats:
             total += stats[pid][1]
     return total
-

@@ -29,7 +29,7 @@ import psycopg
 from kombu import Connection, Exchange, Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, ROOT, Deployment, orders
+from deployment import BIN, ROOT, Deployment, orders
 
 TRIGGERS = (("ledger_entries", "ledger_entries_outbox"), ("accounts", "accounts_outbox"))
 

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Deployment
+from deployment import ROOT, Deployment
 
 
 def seed(dep: Deployment) -> None:

@@ -14,7 +14,11 @@ It creates its own database (dropped afterwards), seeds accounts, and measures:
   `mixed_vs_orders` is the second's rate over the mean of the two orders-only drains
   (issue 10 wants at least 0.8);
 - references from the same run: `pgbench -N` TPS (`-i -s 10`, then `-c 8 -j 2 -T 15`)
-  and kombu's raw drain-and-ack rate on the same broker.
+  and kombu's raw drain-and-ack rate on the same broker;
+- with --ledger-sizes 0,5000000,20000000: drains at each ledger size instead, with what
+  each costs (bench/sizes.py, bench/growth.py; docs/scaling.md).
+Everything runs against a PostgreSQL cluster of the bench's own (bench/cluster.py), with
+the settings docker-compose.yml gives the product's, unless `--server shared`.
 At the end it checks the ledger (`verify`) and the expected totals, prints a table and
 writes a JSON file under bench/results/.
 """
@@ -25,237 +29,34 @@ import argparse
 import json
 import os
 import random
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from kombu import Connection, Consumer, Queue
-
-from loyalty.ids import uuid7
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import PrivateCluster
-from growth import Measured, grow, tree_cpu_seconds
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-#: The PostgreSQL server every phase uses: the private cluster unless `--server shared`.
-SERVER = {"host": "127.0.0.1", "port": 5432}
-#: How the drained (and grown) events' ids are made: `--event-ids`.
-EVENT_IDS = {"kind": "uuid4"}
-
-
-def admin_dsn(dbname: str = "postgres") -> str:
-    return f"host={SERVER['host']} port={SERVER['port']} user=postgres dbname={dbname}"
-
-
-def sh(*args: str, env: dict[str, str] | None = None) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout
-
-
-def admin(sql: str) -> None:
-    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def pgbench_tps(run_id: str) -> float:
-    name = f"loyalty_bench_{run_id}_pgbench"
-    admin(f'CREATE DATABASE "{name}"')
-    try:
-        base = ["-h", SERVER["host"], "-p", str(SERVER["port"]), "-U", "postgres"]
-        sh("pgbench", *base, "-i", "-s", "10", "-q", name)
-        out = sh("pgbench", *base, "-N", "-c", "8", "-j", "2", "-T", "15", name)
-        match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-        if match is None:
-            match = re.search(r"tps = ([\d.]+)", out)
-        assert match, out
-        return float(match.group(1))
-    finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def kombu_drain(broker_url: str, n: int) -> float:
-    """Messages/s kombu alone consumes and acks, one by one, from a pre-filled queue."""
-    queue = Queue(f"bench.raw.{uuid.uuid4().hex[:6]}", durable=False, auto_delete=True)
-    body = json.dumps([[{"event_id": "x" * 36, "contact_id": "c" * 12, "order_id": "o" * 12,
-                         "total": "12.34", "currency": "USD", "occurred_at": "2026-01-01T00:00:00Z"}],
-                       {}, {}])
-    with Connection(broker_url) as conn:
-        producer = conn.Producer()
-        for _ in range(n):
-            producer.publish(body, routing_key=queue.name, declare=[queue],
-                             content_type="application/json", content_encoding="utf-8")
-        done = 0
-        started = time.perf_counter()
-
-        def on_message(_body: Any, message: Any) -> None:
-            nonlocal done
-            message.ack()
-            done += 1
-
-        with Consumer(conn, queues=[queue], callbacks=[on_message], accept=["json"],
-                      prefetch_count=100):
-            while done < n:
-                conn.drain_events(timeout=10)
-        elapsed = time.perf_counter() - started
-        queue(conn.default_channel).delete()
-    return n / elapsed
-
-
-class Deployment:
-    def __init__(self, broker: str, run_id: str,
-                 redis_url: str = "redis://127.0.0.1:6379/15") -> None:
-        self.db = f"loyalty_bench_{run_id}"
-        self.dsn = admin_dsn(self.db)
-        self.vhost = None
-        if broker == "redis":
-            self.broker_url = redis_url
-            sh("redis-cli", "-u", redis_url, "FLUSHDB")
-        else:
-            self.vhost = f"loyalty-bench-{run_id}"
-            sh("rabbitmqctl", "-q", "add_vhost", self.vhost)
-            sh("rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-            self.broker_url = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
-        url = f"postgresql+psycopg://postgres@{SERVER['host']}:{SERVER['port']}/{self.db}"
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")},
-                    "LOYALTY_DATABASE_URL": url,
-                    # One role for the bench's throwaway database: privileges cost nothing
-                    # per statement, and the seeding below writes as the same role.
-                    "LOYALTY_OWNER_DATABASE_URL": url,
-                    "LOYALTY_BROKER_URL": self.broker_url,
-                    "LOYALTY_RESULT_BACKEND": "redis://127.0.0.1:6379/14",
-                    "LOYALTY_LOG_LEVEL": "WARNING"}
-        self.workers: list[subprocess.Popen] = []
-
-    def create(self, accounts: int) -> None:
-        admin(f'CREATE DATABASE "{self.db}"')
-        sh(str(BIN / "loyalty"), "db", "upgrade", env=self.env)
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO contacts (contact_id, profile_at) SELECT 'bench-' || g, now()"
-                         " FROM generate_series(1, %s) g", (accounts,))
-            conn.execute("INSERT INTO accounts (contact_id) SELECT contact_id FROM contacts")
-
-    def grow_ledger(self, entries: int) -> int:
-        """Order EARNs as the worker writes them, up to `entries` (bench/growth.py)."""
-        return grow(self.dsn, entries, time_ordered=EVENT_IDS["kind"] == "uuid7")
-
-    def seed_letters(self, events: list[dict]) -> None:
-        """Dead letters as the worker writes them for orders that could not apply yet."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO dead_letters (task_name, message_id, payload, headers, reason,"
-                " error_detail) VALUES ('loyalty.events.order_completed', %s, %s,"
-                " '{\"content_type\": \"application/json\"}', 'account_not_found', 'bench')",
-                [(e["event_id"], json.dumps([[e], {}, {}])) for e in events])
-
-    def start_workers(self, processes: int, concurrency: int) -> None:
-        (ROOT / "bench" / "results").mkdir(exist_ok=True)
-        for i in range(processes):
-            log = open(ROOT / "bench" / "results" / f"worker-{i}.log", "w")  # noqa: SIM115
-            self.workers.append(subprocess.Popen(
-                [str(BIN / "loyalty"), "worker", "--concurrency", str(concurrency),
-                 "--hostname", f"bench{i}@%h", "--without-gossip", "--without-mingle",
-                 "--without-heartbeat"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-
-    def peak_rss_mb(self) -> list[float]:
-        peaks = []
-        for proc in self.workers:
-            pids = [proc.pid] + [int(p) for p in sh("ps", "-o", "pid=", "--ppid",
-                                                      str(proc.pid)).split()]
-            for pid in pids:
-                try:
-                    status = Path(f"/proc/{pid}/status").read_text()
-                except OSError:
-                    continue
-                match = re.search(r"VmHWM:\s+(\d+) kB", status)
-                if match:
-                    peaks.append(int(match.group(1)) / 1024)
-        return peaks
-
-    def stop(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-    def drop(self) -> None:
-        self.stop()
-        admin(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        if self.vhost:
-            sh("rabbitmqctl", "-q", "delete_vhost", self.vhost)
-
-    def query(self, sql: str) -> Any:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return conn.execute(sql).fetchone()
-
-
-def orders(n: int, accounts: int, hot: bool, seed: int, tag: str) -> tuple[list[dict], int]:
-    rng = random.Random(seed)
-    events, expected = [], 0
-    for i in range(n):
-        contact = "bench-1" if hot else f"bench-{rng.randint(1, accounts)}"
-        total = Decimal(rng.randrange(100, 20000)) / 100
-        expected += int(total.to_integral_value(ROUND_FLOOR))
-        # Producers' own event ids are random (UUIDv4) unless they choose otherwise: their
-        # indexes are the ones whose pages a growing ledger spreads writes over. The
-        # producer helper makes time-ordered ones (`--event-ids uuid7`).
-        event_id = str(uuid7() if EVENT_IDS["kind"] == "uuid7"
-                       else uuid.UUID(int=rng.getrandbits(128), version=4))
-        events.append({"event_id": event_id, "contact_id": contact, "order_id": f"{tag}-{i}",
-                       "total": str(total), "currency": "USD",
-                       "occurred_at": "2026-01-01T00:00:00Z"})
-    return events, expected
-
-
-def refunds_of(placed: list[dict], share: float, seed: int) -> tuple[list[dict], int]:
-    """Refunds of `share` of the placed orders, a quarter to all of each total; and the
-    points they take back in all (every account holds enough: no shortfall)."""
-    from loyalty.refunds import points_due
-
-    rng = random.Random(seed)
-    events, reversed_ = [], 0
-    for i, order in enumerate(rng.sample(placed, int(len(placed) * share))):
-        total = Decimal(order["total"])
-        amount = (total * rng.randint(1, 4) / 4).quantize(Decimal("0.01"), ROUND_FLOOR)
-        if amount <= 0:
-            amount = total
-        reversed_ += points_due(int(total.to_integral_value(ROUND_FLOOR)), total, amount)
-        events.append({"event_id": f"refund-{i}", "contact_id": order["contact_id"],
-                       "order_id": order["order_id"], "refund_id": "r1", "amount": str(amount),
-                       "currency": "USD", "occurred_at": "2026-01-01T00:00:00Z"})
-    return events, reversed_
-
-
-def drain_rate(dep: Deployment, before: int, n: int,
-               count: str = "SELECT count(*) FROM processed_events",
-               on_first: Any = None, estimate: str | None = None) -> float:
-    """Events/s from the first applied event of this drain to its last, polled with
-    `count`; `estimate`, a cheaper query that never says less than `count`, is polled
-    until it says the drain is done. `on_first` is called at the first applied event."""
-    cheap = estimate or count
-    while dep.query(cheap)[0] == before:
-        time.sleep(0.02)
-    first = time.perf_counter()
-    if on_first:
-        on_first()
-    while dep.query(cheap)[0] < before + n:
-        time.sleep(0.05)
-    while (done := dep.query(count)[0]) < before + n:
-        time.sleep(0.05)
-    return (done - before) / max(time.perf_counter() - first, 1e-6)
+from deployment import (
+    BIN,
+    EVENT_IDS,
+    ROOT,
+    SERVER,
+    Deployment,
+    admin_db,
+    drain_rate,
+    kombu_drain,
+    orders,
+    pgbench_tps,
+    refunds_of,
+    sh,
+    wait_processed,
+)
+from sizes import size_series
 
 
 def mixed_drain(dep: Deployment, publisher: Any, placed: list[dict], args: Any, share: float,
@@ -277,20 +78,6 @@ def mixed_drain(dep: Deployment, publisher: Any, placed: list[dict], args: Any, 
     before = dep.query("SELECT count(*) FROM processed_events")[0]
     dep.start_workers(args.processes, args.concurrency)
     return drain_rate(dep, before, len(stream)), earned, reversed_
-
-
-def admin_db(dep: Deployment, sql: str) -> None:
-    with psycopg.connect(dep.dsn, autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def wait_processed(dep: Deployment, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while dep.query("SELECT count(*) FROM processed_events")[0] < n:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out: {dep.query('SELECT count(*) FROM processed_events')[0]}"
-                             f" of {n} events applied")
-        time.sleep(0.5)
 
 
 def main() -> None:
@@ -481,86 +268,6 @@ def write_report(results: dict[str, Any], args: Any, run_id: str) -> None:
     for key, value in results.items():
         print(f"{key.ljust(width)}  {value}")
     print(f"written: bench/results/{name}")
-
-
-def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
-                cluster: PrivateCluster | None) -> tuple[list[dict[str, Any]], int]:
-    """Two drains of `--events` orders at each ledger size, the ledger grown in between.
-
-    The first starts right after a CHECKPOINT, when every page a batch writes goes to the
-    WAL whole the first time; the second follows it within the same checkpoint cycle, as
-    a worker runs most of the time (with `checkpoint_timeout` at 30 minutes). Each is
-    drained by freshly started workers from a pre-filled queue after an ANALYZE, so their
-    plans are made at this size, with its costs measured (bench/growth.py).
-    """
-    expected = 0
-    series: list[dict[str, Any]] = []
-
-    def drain(tag: str, seed: int) -> dict[str, Any]:
-        nonlocal expected
-        dep.stop()
-        dep.workers = []
-        events, more = orders(args.events, args.accounts, args.hot, seed, tag)
-        expected += more
-        from loyalty.publish import Publisher
-
-        with Publisher(settings=settings) as publisher:
-            for event in events:
-                publisher.send("loyalty.events.order_completed", event)
-        admin_db(dep, "ANALYZE")
-        (mark, have) = dep.query("SELECT COALESCE(max(seq), 0), count(*) FROM ledger_entries")
-        measured = Measured(dep.dsn)
-        measured.start(cluster.log_text() if cluster else "")
-        print(f"draining {args.events} events at {have:,} entries ({tag}) ...", file=sys.stderr)
-        dep.start_workers(args.processes, args.concurrency)
-        cpu: dict[str, float] = {}
-
-        def cpu_now() -> dict[str, float]:
-            return {"worker": tree_cpu_seconds([w.pid for w in dep.workers]),
-                    "postgres": tree_cpu_seconds([cluster.postmaster()]) if cluster else 0.0}
-
-        # One EARN per order: counting entries above the mark stays cheap at any size.
-        # (the highest seq says at least as much, at the cost of one index probe).
-        rate = drain_rate(dep, 0, args.events,
-                          f"SELECT count(*) FROM ledger_entries WHERE seq > {int(mark)}",
-                          on_first=lambda: cpu.update(cpu_now()),
-                          estimate=f"SELECT COALESCE(max(seq), 0) - {int(mark)}"
-                                   " FROM ledger_entries")
-        spent = {k: v - cpu[k] for k, v in cpu_now().items()}
-        dep.stop()
-        dep.workers = []
-        time.sleep(1)  # the workers' backends exit and send their counters
-        row = {"ledger_entries": have, "drain_events_per_s": round(rate, 1),
-               # CPU per 1,000 events from the first applied event to the last: the
-               # worker's processes, and every PostgreSQL process (backends, WAL writer,
-               # checkpointer) of the private cluster.
-               "cpu_s_per_1000_events": {k: round(v * 1000 / args.events, 3)
-                                         for k, v in spent.items()}}
-        row.update(measured.finish(args.events, cluster.log_text() if cluster else ""))
-        print(f"  {rate:,.0f} events/s, {row['wal_bytes_per_event']} WAL bytes/event",
-              file=sys.stderr)
-        return row
-
-    for i, size in enumerate(sizes):
-        dep.stop()
-        if size:
-            print(f"growing the ledger to {size:,} entries ...", file=sys.stderr)
-            dep.grow_ledger(size)
-        admin_db(dep, "VACUUM ANALYZE")
-        admin_db(dep, "CHECKPOINT")
-        cold = drain(f"cold{i}", 100 + i)
-        row = drain(f"size{i}", 10 + i)
-        row["after_checkpoint"] = cold
-        series.append(row)
-    for row in series:
-        row["vs_first"] = round(row["drain_events_per_s"] / series[0]["drain_events_per_s"], 3)
-        cold = row["after_checkpoint"]
-        cold["vs_first"] = round(cold["drain_events_per_s"]
-                                 / series[0]["after_checkpoint"]["drain_events_per_s"], 3)
-    dep.stop()
-    (grown,) = dep.query("SELECT COALESCE(sum(amount), 0) FROM ledger_entries"
-                         " WHERE order_id LIKE 'grow-%'")
-    return series, expected + int(grown)
 
 
 def latency(dep: Deployment, steady: list[dict]) -> dict[str, float]:
