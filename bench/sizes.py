@@ -11,14 +11,17 @@ from cluster import PrivateCluster
 from deployment import Deployment, admin_db, drain_rate, orders
 from growth import Measured, tree_cpu_seconds
 
+#: Drains within the checkpoint cycle at each size; the median is the size's figure.
+WARM_DRAINS = 3
+
 
 def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
                 cluster: PrivateCluster | None) -> tuple[list[dict[str, Any]], int]:
-    """Two drains of `--events` orders at each ledger size, the ledger grown in between.
+    """Drains of `--events` orders at each ledger size, the ledger grown in between.
 
     The first starts right after a CHECKPOINT, when every page a batch writes goes to the
-    WAL whole the first time; the second follows it within the same checkpoint cycle, as
-    a worker runs most of the time (with `checkpoint_timeout` at 30 minutes). Each is
+    WAL whole the first time; three more follow within the same checkpoint cycle, as a
+    worker runs most of the time (with `checkpoint_timeout` at 30 minutes). Each is
     drained by freshly started workers from a pre-filled queue after an ANALYZE, so their
     plans are made at this size, with its costs measured (bench/growth.py).
     """
@@ -78,7 +81,12 @@ def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
         admin_db(dep, "VACUUM ANALYZE")
         admin_db(dep, "CHECKPOINT")
         cold = drain(f"cold{i}", 100 + i)
-        row = drain(f"size{i}", 10 + i)
+        # Three within the cycle, the median reported: one drain on a shared machine
+        # varies by a third.
+        warm = sorted((drain(f"size{i}-{k}", 10 + 10 * k + i) for k in range(WARM_DRAINS)),
+                      key=lambda r: r["drain_events_per_s"])
+        row = warm[len(warm) // 2]
+        row["drains_events_per_s"] = [r["drain_events_per_s"] for r in warm]
         row["after_checkpoint"] = cold
         series.append(row)
     for row in series:
