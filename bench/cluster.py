@@ -69,9 +69,11 @@ def _bindir() -> Path:
 class PrivateCluster:
     """initdb into a temporary folder, start on `port`, stop and remove on `close`."""
 
-    def __init__(self, port: int = 55432, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, port: int = 55432, settings: dict[str, str] | None = None,
+                 defaults: bool = False) -> None:
+        """`defaults`: PostgreSQL's own settings instead of SETTINGS (what they change)."""
         self.port = port
-        self.settings = {**SETTINGS, **MEASURING, **(settings or {})}
+        self.settings = {**({} if defaults else SETTINGS), **MEASURING, **(settings or {})}
         self.bindir = _bindir()
         self.folder = Path(tempfile.mkdtemp(prefix="loyalty-bench-pg-"))
         self.data = self.folder / "data"

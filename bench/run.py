@@ -109,6 +109,9 @@ def main() -> None:
                              "settings of bench/cluster.py (default); shared: the one on 5432")
     parser.add_argument("--pg-port", type=int, default=55432,
                         help="the private cluster's port")
+    parser.add_argument("--pg-defaults", action="store_true",
+                        help="the private cluster with PostgreSQL's default settings, to "
+                             "see what docker-compose's settings change")
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15",
                         help="the Redis broker (emptied first): a private redis-server keeps "
@@ -126,7 +129,7 @@ def main() -> None:
     cluster = None
     if args.server == "private":
         print(f"starting a private PostgreSQL on port {args.pg_port} ...", file=sys.stderr)
-        cluster = PrivateCluster(args.pg_port).start()
+        cluster = PrivateCluster(args.pg_port, defaults=args.pg_defaults).start()
         SERVER["port"] = args.pg_port
     dep = Deployment(args.broker, run_id, args.redis_url)
     for setting in args.setting:
@@ -262,7 +265,8 @@ def write_report(results: dict[str, Any], args: Any, run_id: str) -> None:
             f"{f'-bulk{args.bulk}' if args.bulk else ''}"
             f"{f'-refunds{args.refunds:g}' if args.refunds else ''}"
             f"{'-sizes' if args.ledger_sizes else ''}"
-            f"{'-uuid7' if args.event_ids == 'uuid7' else ''}-{run_id}.json")
+            f"{'-uuid7' if args.event_ids == 'uuid7' else ''}"
+            f"{'-pgdefaults' if args.pg_defaults else ''}-{run_id}.json")
     (out / name).write_text(json.dumps(results, indent=2, default=str))
     width = max(len(k) for k in results)
     for key, value in results.items():
