@@ -28,6 +28,7 @@ from tests.conftest import (
     require,
     superuser_url,
 )
+from tests.e2e import cli_server
 
 BIN = Path(sys.executable).parent
 LOYALTY = str(BIN / "loyalty")
@@ -97,8 +98,7 @@ class Env:
         return worker.start()
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        done = subprocess.run([LOYALTY, *args], env=self.vars, capture_output=True, text=True,
-                              timeout=timeout)
+        done = cli_server.run([LOYALTY, *args], env=self.vars, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"loyalty {' '.join(args)} exited {done.returncode}: "
                                  f"{done.stderr.strip()}")
