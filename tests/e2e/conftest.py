@@ -52,7 +52,19 @@ def redis_index() -> Iterator[int]:
     pytest.fail("no free Redis database between 2 and 13 for this test run")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def empty_redis(url: str) -> None:
+    """Empty this run's Redis database, keeping its claim on it: what an earlier test's
+    killed worker left (queued, held in its processing lists) must not reach this one."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+        client.set("loyalty-test-lock", RUN_ID, ex=3600)
+    finally:
+        client.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -60,7 +72,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 class Env:
@@ -85,8 +97,10 @@ class Env:
         }
 
     def close(self) -> None:
+        """At the end of a test: nothing is asserted any more, so no warm shutdown to wait
+        for (seconds per worker); the broker namespace and the database go with it."""
         for worker in self.workers:
-            worker.stop()
+            worker.kill()
         if self.shop is not None:
             self.shop.close()
             self.shop = None
@@ -120,7 +134,7 @@ class Worker:
         with self.log.open("ab") as handle:
             self.proc = self._spawn(handle)
         wait_for(lambda: self.proc.poll() is not None or b" ready." in self.log.read_bytes(),
-                 60, "the worker to be ready")
+                 60, "the worker to be ready", interval=0.05)
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
         return self
 
@@ -231,10 +245,7 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
         redis_url = f"redis://{REDIS_HOST}:6379/{redis_index}"
         vhost = None
         if broker == "redis":
-            client = redis.Redis.from_url(redis_url)
-            client.flushdb()
-            client.set("loyalty-test-lock", RUN_ID, ex=3600)
-            client.close()
+            empty_redis(redis_url)
             target = Broker("redis", redis_url)
         else:
             request.getfixturevalue("rabbitmq_vhost")  # RabbitMQ is up and rabbitmqctl works
@@ -267,6 +278,7 @@ def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: in
     """One deployment per broker; every test using it runs once on Redis and once on RabbitMQ."""
     redis_url = f"redis://{REDIS_HOST}:6379/{redis_index}"
     if request.param == "redis":
+        empty_redis(redis_url)
         broker = Broker("redis", redis_url)
     else:
         vhost = request.getfixturevalue("rabbitmq_vhost")
