@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -205,6 +207,52 @@ def rabbitmq_vhost() -> Iterator[str]:
     rabbitmqctl("delete_vhost", vhost)
 
 
+def _add_vhost(vhost: str) -> str:
+    rabbitmqctl("add_vhost", vhost)
+    user = urlsplit(RABBITMQ_URL).username or "guest"
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    return vhost
+
+
+class Vhosts:
+    """New RabbitMQ vhosts for deployments, made a couple ahead and deleted in background
+    threads: each is a few rabbitmqctl runs that need not hold a test up."""
+
+    AHEAD = 2
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-vhosts")
+        self.ahead: deque[Future[str]] = deque()
+        self.deletes: list[Future[str]] = []
+        self.made = 0
+
+    def take(self) -> str:
+        while len(self.ahead) < self.AHEAD + 1:
+            self.made += 1
+            self.ahead.append(self.executor.submit(_add_vhost,
+                                                   f"loyalty-test-{RUN_ID}-{self.made}"))
+        return self.ahead.popleft().result()
+
+    def delete(self, vhost: str) -> None:
+        self.deletes = [f for f in self.deletes if not f.done()]
+        self.deletes.append(self.executor.submit(rabbitmqctl, "delete_vhost", vhost))
+
+    def close(self) -> None:
+        for future in self.deletes:
+            future.result()
+        for future in self.ahead:
+            rabbitmqctl("delete_vhost", future.result())
+        self.executor.shutdown()
+
+
+@pytest.fixture(scope="session")
+def vhosts(rabbitmq_vhost: str) -> Iterator[Vhosts]:
+    """Needs RabbitMQ up and rabbitmqctl working, as rabbitmq_vhost checks."""
+    made = Vhosts()
+    yield made
+    made.close()
+
+
 class Broker:
     """Tells whether a broker's queues are empty, acknowledged messages included."""
 
@@ -248,11 +296,8 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
             empty_redis(redis_url)
             target = Broker("redis", redis_url)
         else:
-            request.getfixturevalue("rabbitmq_vhost")  # RabbitMQ is up and rabbitmqctl works
-            vhost = f"loyalty-test-{RUN_ID}-{len(made)}"
-            rabbitmqctl("add_vhost", vhost)
-            user = urlsplit(RABBITMQ_URL).username or "guest"
-            rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+            vhosts = request.getfixturevalue("vhosts")
+            vhost = vhosts.take()
             target = Broker("rabbitmq", f"{RABBITMQ_URL.rstrip('/')}/{vhost}", vhost)
         url = fresh_database(template_db)
         env = Env(url, target.url, redis_url, tmp_path)
@@ -269,7 +314,7 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
     for url, vhost in made:
         drop_database(url)
         if vhost:
-            rabbitmqctl("delete_vhost", vhost)
+            request.getfixturevalue("vhosts").delete(vhost)
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
