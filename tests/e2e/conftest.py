@@ -326,7 +326,7 @@ def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: in
         empty_redis(redis_url)
         broker = Broker("redis", redis_url)
     else:
-        vhost = request.getfixturevalue("rabbitmq_vhost")
+        vhost = request.getfixturevalue("vhosts").take()
         broker = Broker("rabbitmq", f"{RABBITMQ_URL.rstrip('/')}/{vhost}", vhost)
     url = fresh_database(template_db)
     env = Env(url, broker.url, redis_url, tmp_path_factory.mktemp(f"e2e-{request.param}"))
@@ -336,13 +336,17 @@ def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: in
     yield env
     env.close()
     drop_database(url)
+    if broker.vhost:
+        request.getfixturevalue("vhosts").delete(broker.vhost)
 
 
 @pytest.fixture(scope="module")
 def running_worker(broker_env: Env) -> Iterator[Worker]:
+    """The module's worker; killed at the end with its deployment (Env.close), whose
+    broker namespace is its own."""
     worker = Worker(broker_env, concurrency=2).start()
-    yield worker
-    worker.stop()
+    broker_env.workers.append(worker)
+    return worker
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
