@@ -25,6 +25,7 @@ import contextlib
 import json
 import locale
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -114,8 +115,17 @@ def serve(path: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
+    listener.settimeout(1)
+    parent = os.getppid()
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            if os.getppid() != parent:  # the test session is gone, however it ended
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+                return
+            continue
+        conn.setblocking(True)
         fds: list[int] = []
         try:
             head, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
