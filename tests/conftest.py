@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -100,6 +102,7 @@ def template_db() -> Iterator[str]:
     db.dispose_all()
     yield name
     db.dispose_all()
+    _databases.settle()
     with _admin() as conn:
         rows = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"loyalty_test_{RUN_ID}_%",)
@@ -108,7 +111,7 @@ def template_db() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
-def fresh_database(template: str) -> str:
+def _copy_template(template: str) -> str:
     name = f"loyalty_test_{RUN_ID}_{uuid.uuid4().hex[:8]}"
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER {OWNER_ROLE}')
@@ -116,10 +119,53 @@ def fresh_database(template: str) -> str:
     return database_url(name)
 
 
-def drop_database(url: str) -> None:
-    name = make_url(url).database
+def _drop(name: str) -> None:
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class _Databases:
+    """Copies of the template made a few ahead, and databases dropped, in background
+    threads. A copy is mostly the server writing and syncing the template's pages, which
+    overlap well: made several at once and while tests run, the next test seldom waits
+    for its own. Each test still gets a database nobody used before it, and every one of
+    them is dropped when the session ends (template_db)."""
+
+    AHEAD = 5
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=6, thread_name_prefix="test-databases")
+        self.ahead: dict[str, deque[Future[str]]] = {}
+        self.drops: list[Future[None]] = []
+
+    def take(self, template: str) -> str:
+        made = self.ahead.setdefault(template, deque())
+        while len(made) < self.AHEAD + 1:
+            made.append(self.executor.submit(_copy_template, template))
+        return made.popleft().result()
+
+    def drop(self, name: str) -> None:
+        self.drops = [f for f in self.drops if not f.done()]
+        self.drops.append(self.executor.submit(_drop, name))
+
+    def settle(self) -> None:
+        """Wait for every copy and drop under way (their errors included)."""
+        pending = [f for made in self.ahead.values() for f in made] + self.drops
+        self.ahead.clear()
+        self.drops = []
+        for future in pending:
+            future.result()
+
+
+_databases = _Databases()
+
+
+def fresh_database(template: str) -> str:
+    return _databases.take(template)
+
+
+def drop_database(url: str) -> None:
+    _databases.drop(str(make_url(url).database))
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +30,7 @@ from tests.conftest import (
     require,
     superuser_url,
 )
+from tests.e2e import cli_server
 
 BIN = Path(sys.executable).parent
 LOYALTY = str(BIN / "loyalty")
@@ -51,7 +54,19 @@ def redis_index() -> Iterator[int]:
     pytest.fail("no free Redis database between 2 and 13 for this test run")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def empty_redis(url: str) -> None:
+    """Empty this run's Redis database, keeping its claim on it: what an earlier test's
+    killed worker left (queued, held in its processing lists) must not reach this one."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+        client.set("loyalty-test-lock", RUN_ID, ex=3600)
+    finally:
+        client.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -59,7 +74,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 class Env:
@@ -84,8 +99,10 @@ class Env:
         }
 
     def close(self) -> None:
+        """At the end of a test: nothing is asserted any more, so no warm shutdown to wait
+        for (seconds per worker); the broker namespace and the database go with it."""
         for worker in self.workers:
-            worker.stop()
+            worker.kill()
         if self.shop is not None:
             self.shop.close()
             self.shop = None
@@ -97,8 +114,7 @@ class Env:
         return worker.start()
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        done = subprocess.run([LOYALTY, *args], env=self.vars, capture_output=True, text=True,
-                              timeout=timeout)
+        done = cli_server.run([LOYALTY, *args], env=self.vars, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"loyalty {' '.join(args)} exited {done.returncode}: "
                                  f"{done.stderr.strip()}")
@@ -120,7 +136,7 @@ class Worker:
         with self.log.open("ab") as handle:
             self.proc = self._spawn(handle)
         wait_for(lambda: self.proc.poll() is not None or b" ready." in self.log.read_bytes(),
-                 60, "the worker to be ready")
+                 60, "the worker to be ready", interval=0.05)
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
         return self
 
@@ -191,6 +207,52 @@ def rabbitmq_vhost() -> Iterator[str]:
     rabbitmqctl("delete_vhost", vhost)
 
 
+def _add_vhost(vhost: str) -> str:
+    rabbitmqctl("add_vhost", vhost)
+    user = urlsplit(RABBITMQ_URL).username or "guest"
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    return vhost
+
+
+class Vhosts:
+    """New RabbitMQ vhosts for deployments, made a couple ahead and deleted in background
+    threads: each is a few rabbitmqctl runs that need not hold a test up."""
+
+    AHEAD = 2
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-vhosts")
+        self.ahead: deque[Future[str]] = deque()
+        self.deletes: list[Future[str]] = []
+        self.made = 0
+
+    def take(self) -> str:
+        while len(self.ahead) < self.AHEAD + 1:
+            self.made += 1
+            self.ahead.append(self.executor.submit(_add_vhost,
+                                                   f"loyalty-test-{RUN_ID}-{self.made}"))
+        return self.ahead.popleft().result()
+
+    def delete(self, vhost: str) -> None:
+        self.deletes = [f for f in self.deletes if not f.done()]
+        self.deletes.append(self.executor.submit(rabbitmqctl, "delete_vhost", vhost))
+
+    def close(self) -> None:
+        for future in self.deletes:
+            future.result()
+        for future in self.ahead:
+            rabbitmqctl("delete_vhost", future.result())
+        self.executor.shutdown()
+
+
+@pytest.fixture(scope="session")
+def vhosts(rabbitmq_vhost: str) -> Iterator[Vhosts]:
+    """Needs RabbitMQ up and rabbitmqctl working, as rabbitmq_vhost checks."""
+    made = Vhosts()
+    yield made
+    made.close()
+
+
 class Broker:
     """Tells whether a broker's queues are empty, acknowledged messages included."""
 
@@ -231,17 +293,11 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
         redis_url = f"redis://{REDIS_HOST}:6379/{redis_index}"
         vhost = None
         if broker == "redis":
-            client = redis.Redis.from_url(redis_url)
-            client.flushdb()
-            client.set("loyalty-test-lock", RUN_ID, ex=3600)
-            client.close()
+            empty_redis(redis_url)
             target = Broker("redis", redis_url)
         else:
-            request.getfixturevalue("rabbitmq_vhost")  # RabbitMQ is up and rabbitmqctl works
-            vhost = f"loyalty-test-{RUN_ID}-{len(made)}"
-            rabbitmqctl("add_vhost", vhost)
-            user = urlsplit(RABBITMQ_URL).username or "guest"
-            rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+            vhosts = request.getfixturevalue("vhosts")
+            vhost = vhosts.take()
             target = Broker("rabbitmq", f"{RABBITMQ_URL.rstrip('/')}/{vhost}", vhost)
         url = fresh_database(template_db)
         env = Env(url, target.url, redis_url, tmp_path)
@@ -258,7 +314,7 @@ def deploy(template_db: str, redis_index: int, tmp_path: Path,
     for url, vhost in made:
         drop_database(url)
         if vhost:
-            rabbitmqctl("delete_vhost", vhost)
+            request.getfixturevalue("vhosts").delete(vhost)
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
@@ -267,9 +323,10 @@ def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: in
     """One deployment per broker; every test using it runs once on Redis and once on RabbitMQ."""
     redis_url = f"redis://{REDIS_HOST}:6379/{redis_index}"
     if request.param == "redis":
+        empty_redis(redis_url)
         broker = Broker("redis", redis_url)
     else:
-        vhost = request.getfixturevalue("rabbitmq_vhost")
+        vhost = request.getfixturevalue("vhosts").take()
         broker = Broker("rabbitmq", f"{RABBITMQ_URL.rstrip('/')}/{vhost}", vhost)
     url = fresh_database(template_db)
     env = Env(url, broker.url, redis_url, tmp_path_factory.mktemp(f"e2e-{request.param}"))
@@ -279,13 +336,17 @@ def broker_env(request: pytest.FixtureRequest, template_db: str, redis_index: in
     yield env
     env.close()
     drop_database(url)
+    if broker.vhost:
+        request.getfixturevalue("vhosts").delete(broker.vhost)
 
 
 @pytest.fixture(scope="module")
 def running_worker(broker_env: Env) -> Iterator[Worker]:
+    """The module's worker; killed at the end with its deployment (Env.close), whose
+    broker namespace is its own."""
     worker = Worker(broker_env, concurrency=2).start()
-    yield worker
-    worker.stop()
+    broker_env.workers.append(worker)
+    return worker
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

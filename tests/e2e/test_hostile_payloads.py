@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REDIS_HOST, drop_database, fresh_database
-from tests.e2e.conftest import Env, Worker
+from tests.e2e.conftest import Env, Worker, empty_redis
 from tests.e2e.streams import TS, letters_by_message, shop, sql
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +66,7 @@ def hostile_env(template_db: str, redis_index: int,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Worker]]:
     url = fresh_database(template_db)
     redis_url = f"redis://{REDIS_HOST}:6379/{redis_index}"
+    empty_redis(redis_url)
     env = Env(url, redis_url, redis_url, Path(tmp_path_factory.mktemp("hostile")))
     worker = Worker(env, concurrency=2, name="hostile").start()
     env.workers.append(worker)

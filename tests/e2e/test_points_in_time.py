@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -143,9 +142,15 @@ def test_two_beats_expire_once(deploy: Callable[..., Env], tmp_path: Path) -> No
             [LOYALTY, "beat"], env={**env.vars, "LOYALTY_BEAT_SCHEDULE_FILE":
                                     str(tmp_path / f"beat-{n}")},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    def sent(n: int) -> int:
+        return (tmp_path / f"beat-{n}.log").read_text().count(
+            "Sending due task loyalty.program.expire_points")
+
     try:
         wait_for(lambda: _account(env, "b-1")["points"]["expired"] == 100, 60, "the beat's run")
-        time.sleep(3)  # several more runs of both beats
+        after = [sent(n) for n in range(2)]
+        wait_for(lambda: all(sent(n) >= after[n] + 2 for n in range(2)), 30,
+                 "several more runs of both beats")
     finally:
         for proc in beats:
             os.killpg(proc.pid, signal.SIGTERM)
