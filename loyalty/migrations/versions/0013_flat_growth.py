@@ -79,9 +79,10 @@ KEEP_LOT_TOTALS = f"""
         RETURN NULL;
     END $$"""
 
-MATCH_FROM_TOTALS = f"""
+#: `loyalty_lots_match_balance`, with the query that finds what the lots hold.
+MATCH_BALANCE = """
     CREATE OR REPLACE FUNCTION public.loyalty_lots_match_balance() RETURNS trigger
-    LANGUAGE plpgsql {SAFE} AS $$
+    LANGUAGE plpgsql {safe} AS $$
     DECLARE
         account uuid;
         balance bigint;
@@ -93,42 +94,23 @@ MATCH_FROM_TOTALS = f"""
             account := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
         END IF;
         SELECT a.balance INTO balance FROM public.accounts a WHERE a.id = account;
+        {held}
+        IF balance IS DISTINCT FROM held THEN
+            RAISE EXCEPTION 'account % has a balance of % but its available lots hold %',
+                account, balance, held
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'point_lots_match_balance';
+        END IF;
+        RETURN NULL;
+    END $$"""
+MATCH_FROM_TOTALS = MATCH_BALANCE.format(safe=SAFE, held="""
         -- What the account's available lots hold, as the lots' own triggers keep it.
         SELECT t.available INTO held FROM public.lot_totals t WHERE t.account_id = account;
-        held := COALESCE(held, 0);
-        IF balance IS DISTINCT FROM held THEN
-            RAISE EXCEPTION 'account % has a balance of % but its available lots hold %',
-                account, balance, held
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'point_lots_match_balance';
-        END IF;
-        RETURN NULL;
-    END $$"""
-
-#: The body as 0011 wrote it, for the downgrade.
-MATCH_BY_SUM = f"""
-    CREATE OR REPLACE FUNCTION public.loyalty_lots_match_balance() RETURNS trigger
-    LANGUAGE plpgsql {SAFE} AS $$
-    DECLARE
-        account uuid;
-        balance bigint;
-        held bigint;
-    BEGIN
-        IF TG_OP = 'DELETE' THEN
-            account := (to_jsonb(OLD) ->> TG_ARGV[0])::uuid;
-        ELSE
-            account := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
-        END IF;
-        SELECT a.balance INTO balance FROM public.accounts a WHERE a.id = account;
+        held := COALESCE(held, 0);""")
+#: As 0011 wrote it, for the downgrade.
+MATCH_BY_SUM = MATCH_BALANCE.format(safe=SAFE, held="""
         -- `remaining > 0`: what is used up adds nothing, and the partial index has the rest.
         SELECT COALESCE(sum(l.remaining), 0) INTO held FROM public.point_lots l
-        WHERE l.account_id = account AND l.remaining > 0 AND l.status = 'available';
-        IF balance IS DISTINCT FROM held THEN
-            RAISE EXCEPTION 'account % has a balance of % but its available lots hold %',
-                account, balance, held
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'point_lots_match_balance';
-        END IF;
-        RETURN NULL;
-    END $$"""
+        WHERE l.account_id = account AND l.remaining > 0 AND l.status = 'available';""")
 
 #: Trigger functions whose every lookup is by key (see the module docstring).
 KEYED_LOOKUPS = (
