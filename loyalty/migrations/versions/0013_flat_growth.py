@@ -20,6 +20,9 @@
 - **`uq_ledger_entries_refunds_entry_id` is partial**: only a REFUND names the REDEEM it
   gives back; the index held a NULL for every other entry.
 
+On an existing ledger the upgrade builds that index and sums every lot once, holding off
+writes to the ledger and the lots meanwhile: run it while the workers are stopped.
+
 Revision ID: 0013
 Revises: 0012
 """
