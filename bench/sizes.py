@@ -87,8 +87,8 @@ def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
             admin_db(dep, "VACUUM ANALYZE")
         admin_db(dep, "CHECKPOINT")
         cold = drain(f"cold{i}", 100 + i)
-        # Three within the cycle, the median reported: one drain on a shared machine
-        # varies by a third.
+        # Three within the cycle, the median reported: single drains on a shared machine
+        # are noisy (docs/scaling.md).
         warm = sorted((drain(f"size{i}-{k}", 10 + 10 * k + i) for k in range(WARM_DRAINS)),
                       key=lambda r: r["drain_events_per_s"])
         row = warm[len(warm) // 2]
