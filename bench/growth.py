@@ -151,11 +151,8 @@ class Measured:
         self.updates: dict[str, tuple[int, int]] = {}
         self.lsn = "0/0"
 
-    def _updates(self) -> dict[str, tuple[int, int]]:
-        return _stat_updates(self.dsn)
-
     def start(self, log_text: str) -> None:
-        self.updates = self._updates()
+        self.updates = _stat_updates(self.dsn)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             self.lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -192,7 +189,7 @@ class Measured:
                 " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')"
                 " AND pg_relation_size(c.oid) > 8 * 1024 * 1024"
                 " ORDER BY 2 DESC").fetchall()
-        updates = self._updates()
+        updates = _stat_updates(self.dsn)
         return {
             # Updates of the rows each batch changes, and how many were HOT (no index entry
             # written, the new version on the same page).

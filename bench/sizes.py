@@ -11,6 +11,8 @@ from cluster import PrivateCluster
 from deployment import Deployment, admin_db, drain_rate, orders
 from growth import Measured, tree_cpu_seconds
 
+from loyalty.publish import Publisher
+
 #: Drains within the checkpoint cycle at each size; the median is the size's figure.
 WARM_DRAINS = 3
 
@@ -35,8 +37,6 @@ def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
         dep.workers = []
         events, more = orders(args.events, args.accounts, args.hot, seed, tag)
         expected += more
-        from loyalty.publish import Publisher
-
         with Publisher(settings=settings) as publisher:
             for event in events:
                 publisher.send("loyalty.events.order_completed", event)
@@ -82,10 +82,9 @@ def size_series(dep: Deployment, args: Any, settings: Any, sizes: list[int],
         dep.stop()
         if size:
             print(f"growing the ledger to {size:,} entries ...", file=sys.stderr)
-            dep.grow_ledger(size)
-        if size:
-            admin_db(dep, "VACUUM ANALYZE")
-        admin_db(dep, "CHECKPOINT")
+            dep.grow_ledger(size)  # ends with VACUUM ANALYZE and CHECKPOINT
+        else:
+            admin_db(dep, "CHECKPOINT")
         cold = drain(f"cold{i}", 100 + i)
         # Three within the cycle, the median reported: single drains on a shared machine
         # are noisy (docs/scaling.md).
